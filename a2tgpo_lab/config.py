@@ -281,21 +281,27 @@ class A2TGPOConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "A2TGPOConfig":
-        """Read a YAML or JSON file; a ``preset:`` key starts from that preset."""
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"Config file {path} does not exist.")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
-        if not isinstance(values, dict):
-            raise ConfigError(f"Config file {path} must hold a mapping of field names to values.")
+        """Read a YAML or JSON file of field values; a ``preset:`` key starts from that preset."""
+        values = read_config_file(path)
         name = values.pop("preset", None)
         return preset(name, **values) if name else cls.from_dict(values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping stored in a YAML (``.yaml``/``.yml``) or JSON config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Config file {path} does not exist.")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of field names to values.")
+    return values
 
 
 PRESETS: dict[str, dict[str, Any]] = {

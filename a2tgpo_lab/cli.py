@@ -1,0 +1,126 @@
+"""``a2tgpo-lab`` command line: ``train``, ``eval`` and ``presets``.
+
+Every :class:`~a2tgpo_lab.config.A2TGPOConfig` field is a flag of the same name
+(``--num_generations 8``, ``--use_peft``, ``--no-adaptive_clip``); ``--preset`` picks the starting
+point and ``--config file.yaml`` reads a YAML/JSON file (flags given on the command line win).
+
+    a2tgpo-lab train                                  # the quickstart: A²TGPO on the bundled tiny model
+    a2tgpo-lab train --preset grpo --max_steps 50 --output_dir runs/grpo
+    a2tgpo-lab train --resume_from_checkpoint latest --output_dir runs/a2tgpo
+    a2tgpo-lab eval --model_name_or_path runs/a2tgpo/checkpoint-30/policy --eval_split test
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Optional, Sequence
+
+from .config import PRESETS, A2TGPOConfig, ConfigError, preset, read_config_file
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(A2TGPOConfig)
+    for f in dataclasses.fields(A2TGPOConfig):
+        if f.name == "preset_name":
+            continue
+        hint = hints[f.name]
+        if hint is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None)
+            continue
+        base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+        kind = base if base in (int, float) else str
+        parser.add_argument(f"--{f.name}", type=kind, default=None, metavar=kind.__name__.upper())
+
+
+def _config_from_args(args: argparse.Namespace) -> A2TGPOConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(A2TGPOConfig)
+                 if getattr(args, f.name, None) is not None}
+    if args.config:
+        values = read_config_file(args.config)
+        name = args.preset or values.pop("preset", None)
+        values.update(overrides)
+        return preset(name, **values) if name else A2TGPOConfig.from_dict(values)
+    return preset(args.preset or "a2tgpo", **overrides)
+
+
+def _print_eval_table(before: Optional[dict], after: dict) -> None:
+    keys = ["eval/em", "eval/f1", "eval/num_turns", "eval/search_calls", "eval/format_error_rate"]
+    keys += sorted(k for k in after if k.startswith("eval/em/"))
+    print(f"\n{'metric':<28}{'before':>10}{'after':>10}")
+    for key in keys:
+        old = f"{before[key]:.3f}" if before and key in before else "-"
+        print(f"{key:<28}{old:>10}{after.get(key, float('nan')):>10.3f}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import A2TGPOTrainer
+
+    cfg = _config_from_args(args)
+    print(f"a2tgpo-lab: training preset={cfg.preset_name} model={cfg.model_name_or_path} steps={cfg.max_steps} "
+          f"prompts/step={cfg.num_prompts_per_step} G={cfg.num_generations} -> {cfg.output_dir}")
+    trainer = A2TGPOTrainer(cfg)
+    before = None
+    if trainer.global_step == 0 and not args.skip_eval:
+        before = trainer.evaluate(progress=True)
+        print(f"dev EM before training: {before['eval/em']:.3f} ({int(before['eval/n'])} questions)")
+    trainer.train()
+    after = trainer.evaluate(progress=True) if not args.skip_eval else {}
+    last = trainer.history[-1] if trainer.history else {}
+    if after:
+        _print_eval_table(before, after)
+    print(f"\nfinished at step {trainer.global_step}; last train reward {last.get('reward', float('nan')):.3f}; "
+          f"checkpoint and logs in {cfg.output_dir} (metrics.jsonl, completions.jsonl, eval.jsonl)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_agent
+    from .models import load_model_and_tokenizer
+    from .trainer import _resolve_examples, _resolve_tool
+
+    cfg = _config_from_args(args)
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    _, examples = _resolve_examples(cfg, None, None)
+    metrics = evaluate_agent(model, tokenizer, examples[: cfg.eval_num_prompts], _resolve_tool(cfg), cfg,
+                             progress=True)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, values in PRESETS.items():
+        print(f"{name:<20} {values}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="a2tgpo-lab", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (("train", cmd_train, "train an agent (quickstart with no flags)"),
+                                  ("eval", cmd_eval, "greedy evaluation on dev/test")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="starting config (default a2tgpo)")
+        p.add_argument("--config", default=None, help="YAML/JSON config file (flags override it)")
+        if name == "train":
+            p.add_argument("--skip_eval", action="store_true", help="no dev evaluation before/after")
+        _add_config_flags(p)
+        p.set_defaults(func=func)
+    sub.add_parser("presets", help="list the presets").set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"a2tgpo-lab: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+"""The training loop, readable top to bottom: rollout → IG → advantages → clip ranges → PPO update → record.
+
+One call of :meth:`A2TGPOTrainer.step` is one RL step::
+
+    examples   = the next num_prompts_per_step questions (a seeded permutation per epoch)
+    traj       = generate_rollouts(policy, examples × G)             # π_old samples, multi-turn, tool calls
+    p, IG      = probe the gold answer after every tool turn         # §1 (skipped by GRPO)
+    A, Ĩ, õ    = compute_advantages(cfg, IG, outcome, ...)          # §3-§4, estimator by name
+    c, bounds  = adaptive clip factors per turn                      # §5
+    for iteration, mini-batch:  loss = policy_loss(...); step       # §6
+    record     = StepRecord(...)                                     # what every view, log and test reads
+
+Everything the step computed goes into one :class:`~a2tgpo_lab.records.StepRecord`; callbacks receive it,
+the JSONL log gets its metrics, and the dashboard draws it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import A2TGPOConfig
+from .envs import QAExample
+from .metrics import step_metrics
+from .records import StepRecord, Trajectory
+
+
+class A2TGPOTrainer:
+    """Trains a causal LM agent with A²TGPO (or GRPO / IGPO / an ablation, by config).
+
+    Args:
+        cfg: the run's :class:`A2TGPOConfig` (``preset("a2tgpo")`` etc.).
+        model, tokenizer: an already loaded policy; by default loaded from ``cfg.model_name_or_path``
+            with the config's LoRA / 4-bit settings.
+        train_examples, eval_examples: questions; by default the bundled task's ``train`` split and
+            ``cfg.eval_split``, or ``cfg.dataset`` when it is a file.
+        tool: ``query -> observation text``; by default BM25 search over ``cfg.corpus``.
+        callbacks: objects with any of ``on_train_begin(trainer)``, ``on_step_end(trainer, record)``,
+            ``on_evaluate(trainer, metrics)``, ``on_train_end(trainer)``.
+        keep_records: how many recent StepRecords to keep in ``trainer.records`` (for views).
+    """
+
+    def __init__(self, cfg: A2TGPOConfig, model=None, tokenizer=None,
+                 train_examples: Optional[Sequence[QAExample]] = None,
+                 eval_examples: Optional[Sequence[QAExample]] = None,
+                 tool: Optional[Callable[[str], str]] = None, callbacks: Sequence[Any] = (),
+                 keep_records: int = 50):
+        from .models import load_model_and_tokenizer
+
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        if model is None or tokenizer is None:
+            model, tokenizer = load_model_and_tokenizer(cfg)
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.train_examples, self.eval_examples = _resolve_examples(cfg, train_examples, eval_examples)
+        self.tool = tool if tool is not None else _resolve_tool(cfg)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("The model has no trainable parameters: use use_peft=True (LoRA) for a frozen or "
+                             "4-bit base model, or pass a model whose parameters require grad.")
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        self.callbacks = list(callbacks)
+        self.keep_records = keep_records
+        self.records: list[StepRecord] = []
+        self.history: list[dict[str, float]] = []
+        self.global_step = 0
+        self.nonfinite_loss_steps = 0
+        self.output_dir = Path(cfg.output_dir)
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        if cfg.resume_from_checkpoint:
+            self.load_checkpoint(cfg.resume_from_checkpoint)
+
+    # ------------------------------------------------------------------ control (thread-safe)
+    def add_callback(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def pause(self) -> None:
+        """Finish the current step, then wait until :meth:`resume` (or :meth:`stop`)."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        """Continue after :meth:`pause`."""
+        self._running.set()
+
+    def stop(self) -> None:
+        """Finish the current step, save a checkpoint, and leave :meth:`train`."""
+        self._stop.set()
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def train_in_background(self) -> threading.Thread:
+        """Run :meth:`train` in a thread so a notebook kernel stays free for the dashboard's buttons."""
+        thread = threading.Thread(target=self.train, name="a2tgpo-train", daemon=True)
+        thread.start()
+        return thread
+
+    def _emit(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            handler = getattr(callback, event, None)
+            if handler is not None:
+                handler(self, *args)
+
+    # ------------------------------------------------------------------ data
+    def batch_examples(self, step: int) -> list[QAExample]:
+        """The prompts of ``step``: consecutive slices of a permutation seeded by (seed, epoch).
+
+        A pure function of the step, so a resumed run sees exactly the batches it would have seen."""
+        n = len(self.train_examples)
+        per_step = self.cfg.num_prompts_per_step
+        out = []
+        for position in range(step * per_step, (step + 1) * per_step):
+            epoch, offset = divmod(position, n)
+            order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+            out.append(self.train_examples[order[offset]])
+        return out
+
+    # ------------------------------------------------------------------ one RL step
+    def step(self) -> StepRecord:
+        """Run one RL step (see the module docstring) and return its record."""
+        from .advantages import broadcast_to_tokens, compute_advantages
+        from .clipping import adaptive_clip_factor, clip_bounds
+        from .info_gain import information_gain
+        from .probe import score_probes
+        from .rollout import generate_rollouts
+
+        cfg, model, step = self.cfg, self.model, self.global_step
+        started = time.perf_counter()
+        examples = self.batch_examples(step)
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + step)
+
+        model.eval()
+        with torch.no_grad():
+            traj = generate_rollouts(model, self.tokenizer, examples, self.tool, cfg, generator=generator)
+            traj = traj.to(self.device)
+            B, T = traj.batch_size, traj.max_turns
+            if cfg.uses_ig:
+                probe_logprob_mean, probe_text = score_probes(model, self.tokenizer, traj, cfg)
+                ig, p, nonfinite = information_gain(probe_logprob_mean, traj.num_tool_turns, mode=cfg.ig_mode)
+            else:
+                probe_text, nonfinite = "", 0
+                ig = torch.full((B, T), float("nan"))
+                p = torch.full((B, T + 1), float("nan"))
+
+        adv = compute_advantages(cfg, ig.cpu(), traj.outcome_reward.cpu(), traj.prompt_index.cpu(),
+                                 traj.num_tool_turns.cpu())
+        if cfg.adaptive_clip:
+            clip_factor = adaptive_clip_factor(adv.ig_norm, cfg.clip_beta, traj.num_tool_turns.cpu(),
+                                               outcome_norm=adv.outcome_norm, answer_turn=cfg.answer_turn_clip)
+        else:
+            clip_factor = torch.ones(B, T)
+        clip_low, clip_high = clip_bounds(clip_factor, cfg.epsilon, cfg.epsilon_high)
+
+        turn_ids, loss_mask = traj.turn_ids, traj.loss_mask
+        token_adv = broadcast_to_tokens(adv.advantages.to(self.device), turn_ids, loss_mask)
+        token_low = broadcast_to_tokens(clip_low.to(self.device), turn_ids, loss_mask)
+        token_high = broadcast_to_tokens(clip_high.to(self.device), turn_ids, loss_mask)
+
+        update = self._ppo_update(traj, token_adv, token_low, token_high)
+
+        record = self._make_record(step, traj, examples, p, ig, nonfinite, adv, clip_factor, clip_low, clip_high,
+                                   token_adv, update, probe_text, time.perf_counter() - started)
+        self.global_step += 1
+        return record
+
+    def _ppo_update(self, traj: Trajectory, token_adv, token_low, token_high) -> dict:
+        """``num_iterations`` passes of ``num_mini_batches`` optimizer steps, each accumulated over
+        ``gradient_accumulation_steps`` micro-batches. Returns the last pass's per-token ratio / clip
+        flags and the mean loss-side metrics."""
+        from .logprobs import token_logprobs
+        from .loss import policy_loss
+        from .models import disabled_adapters
+
+        cfg, model = self.cfg, self.model
+        B = traj.batch_size
+        ratio = torch.full(traj.input_ids.shape, float("nan"))
+        clipped = torch.zeros(traj.input_ids.shape, dtype=torch.int8)
+        collected: list[dict] = []
+        order_rng = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.global_step)
+        model.train()
+        for _ in range(cfg.num_iterations):
+            order = torch.randperm(B, generator=order_rng)
+            for mini in order.chunk(cfg.num_mini_batches):
+                self.optimizer.zero_grad(set_to_none=True)
+                losses = []
+                for micro in mini.chunk(cfg.gradient_accumulation_steps):
+                    rows = micro.to(self.device)
+                    ids, attn = traj.input_ids[rows], traj.attention_mask[rows]
+                    want_entropy = cfg.entropy_coeff > 0
+                    logprobs, entropy = token_logprobs(model, ids, attn, temperature=cfg.temperature,
+                                                       return_entropy=want_entropy)
+                    ref = None
+                    if cfg.beta > 0:
+                        with torch.no_grad(), disabled_adapters(model):
+                            ref, _ = token_logprobs(model, ids, attn, temperature=cfg.temperature)
+                    loss, out = policy_loss(
+                        logprobs, traj.old_logprobs[rows], token_adv[rows], traj.turn_ids[rows],
+                        traj.loss_mask[rows], token_low[rows], token_high[rows], ratio_level=cfg.ratio_level,
+                        dual_clip=cfg.dual_clip, loss_agg_mode=cfg.loss_agg_mode, ref_logprobs=ref, beta=cfg.beta,
+                        kl_estimator=cfg.kl_estimator, entropy=entropy, entropy_coeff=cfg.entropy_coeff)
+                    scaled = loss * (len(micro) / len(mini))
+                    if not torch.isfinite(scaled):
+                        # A NaN/inf loss is counted and its micro-batch skipped, never trained on.
+                        self.nonfinite_loss_steps += 1
+                        continue
+                    scaled.backward()
+                    losses.append(float(loss))
+                    ratio[micro] = out.ratio.detach().float().cpu()
+                    clipped[micro] = out.clipped.cpu()
+                    collected.append(out.metrics)
+                params = [p for p in model.parameters() if p.requires_grad]
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                if torch.isfinite(grad_norm) and losses:
+                    self.optimizer.step()
+                else:
+                    self.nonfinite_loss_steps += 1
+                collected.append({"loss": float(np.mean(losses)) if losses else float("nan"),
+                                  "grad_norm": float(grad_norm)})
+        self.scheduler.step()
+        metrics: dict[str, float] = {}
+        for key in {k for m in collected for k in m}:
+            values = [m[key] for m in collected if key in m and m[key] is not None]
+            finite = [v for v in values if math.isfinite(v)]
+            metrics[key] = float(np.mean(finite)) if finite else float("nan")
+        metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
+        metrics["train/nonfinite_skipped"] = float(self.nonfinite_loss_steps)
+        return {"ratio": ratio, "clipped": clipped, "metrics": metrics}
+
+    def _make_record(self, step, traj, examples, p, ig, nonfinite, adv, clip_factor, clip_low, clip_high,
+                     token_adv, update, probe_text, elapsed) -> StepRecord:
+        def np_(x):
+            return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+        lengths = traj.attention_mask.sum(dim=1).tolist()
+        ids = traj.input_ids.cpu()
+        cut = lambda t: [np_(t[b, :n]) for b, n in enumerate(lengths)]  # noqa: E731 (row-wise unpadding)
+        record = StepRecord(
+            step=step, estimator=self.cfg.preset_name or self.cfg.advantage_estimator, config=self.cfg.to_dict(),
+            questions=list(traj.questions), answers=[list(a) for a in traj.answers],
+            turn_texts=traj.turn_texts,
+            tool_calls=[[a.content if a.kind == "search" else None for a in acts] for acts in traj.actions],
+            observations=traj.observations, final_answer=traj.final_answer, end_reason=traj.end_reason,
+            prompt_index=np_(traj.prompt_index).astype(int), num_tool_turns=np_(traj.num_tool_turns).astype(int),
+            has_answer_turn=np_(traj.has_answer_turn).astype(bool), outcome_reward=np_(traj.outcome_reward),
+            p=np_(p), ig=np_(ig), ig_norm=np_(adv.ig_norm), group_id=np_(adv.group_id).astype(int),
+            group_size=np_(adv.group_size).astype(int), outcome_norm=np_(adv.outcome_norm),
+            advantages=np_(adv.advantages), advantages_unscaled=np_(adv.advantages_unscaled),
+            clip_factor=np_(clip_factor), clip_low=np_(clip_low), clip_high=np_(clip_high),
+            input_ids=[x.astype(int) for x in cut(ids)], loss_mask=[x.astype(bool) for x in cut(traj.loss_mask)],
+            turn_ids=[x.astype(int) for x in cut(traj.turn_ids)], token_advantage=cut(token_adv),
+            ratio=cut(update["ratio"]), clipped=[x.astype(np.int8) for x in cut(update["clipped"])],
+            tokens=[self.tokenizer.convert_ids_to_tokens(ids[b, :n].tolist()) for b, n in enumerate(lengths)],
+            metrics={}, probe_text=probe_text, ig_nonfinite_count=int(nonfinite),
+            zero_std_group_frac=float(adv.zero_std_group_frac), elapsed_s=elapsed,
+        )
+        record.metrics = {"step": float(step), **step_metrics(record), **update["metrics"],
+                          "time/step_s": elapsed}
+        return record
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, float]:
+        """Train until ``cfg.max_steps`` (or :meth:`stop`, or Ctrl-C); return the final metrics.
+
+        Checkpoints every ``save_steps`` and at the end; a KeyboardInterrupt (Ctrl-C, or a notebook's
+        interrupt button) finishes by saving the last completed step, so nothing is lost."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        self._stop.clear()
+        self._emit("on_train_begin")
+        bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc=f"train {cfg.preset_name or ''}".strip(),
+                   dynamic_ncols=True)
+        try:
+            while self.global_step < cfg.max_steps and not self._stop.is_set():
+                self._running.wait()
+                if self._stop.is_set():
+                    break
+                record = self.step()
+                self._log(record)
+                bar.update(1)
+                bar.set_postfix(reward=f"{record.metrics['reward']:.2f}",
+                                turns=f"{record.metrics['num_turns/mean']:.1f}",
+                                **({"em": f"{self.last_eval_em:.2f}"} if self.last_eval_em is not None else {}))
+                if self.global_step % cfg.eval_steps == 0 and self.global_step < cfg.max_steps:
+                    self.evaluate()
+                if self.global_step % cfg.save_steps == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            bar.write(f"Interrupted: saving step {self.global_step} to {self.output_dir} (resume with "
+                      f"resume_from_checkpoint='latest').")
+        finally:
+            bar.close()
+        self.save()
+        self._emit("on_train_end")
+        return self.history[-1] if self.history else {}
+
+    @property
+    def last_eval_em(self) -> Optional[float]:
+        for row in reversed(self.history):
+            if "eval/em" in row:
+                return row["eval/em"]
+        return None
+
+    def _log(self, record: StepRecord) -> None:
+        self.records.append(record)
+        del self.records[:-self.keep_records]
+        self.history.append(record.metrics)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_finite(record.metrics)) + "\n")
+        with open(self.output_dir / "completions.jsonl", "a") as f:
+            for i in range(record.batch_size):
+                f.write(json.dumps({
+                    "step": record.step, "prompt_index": int(record.prompt_index[i]), "question": record.questions[i],
+                    "gold": record.answers[i], "turns": record.turn_texts[i], "final_answer": record.final_answer[i],
+                    "reward": float(record.outcome_reward[i]), "end_reason": record.end_reason[i],
+                    "ig": [None if not math.isfinite(v) else v for v in record.ig[i].tolist()],
+                    "advantages": [None if not math.isfinite(v) else v for v in record.advantages[i].tolist()],
+                }) + "\n")
+        self._emit("on_step_end", record)
+
+    def evaluate(self, examples: Optional[Sequence[QAExample]] = None, progress: bool = False) -> dict[str, float]:
+        """Greedy evaluation on ``examples`` (default: the first ``eval_num_prompts`` eval questions)."""
+        from .evaluation import evaluate_agent
+
+        examples = list(examples if examples is not None else self.eval_examples[: self.cfg.eval_num_prompts])
+        metrics = evaluate_agent(self.model, self.tokenizer, examples, self.tool, self.cfg, progress=progress)
+        metrics["step"] = float(self.global_step)
+        if self.history and self.history[-1].get("step") == float(self.global_step - 1):
+            self.history[-1].update(metrics)
+        else:
+            self.history.append(dict(metrics))
+        with open(self.output_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps(_finite(metrics)) + "\n")
+        self._emit("on_evaluate", metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Path:
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self.output_dir, self.global_step, self.model, self.optimizer, self.scheduler,
+                               self.cfg.to_dict(), self.history)
+
+    def load_checkpoint(self, checkpoint: str | Path = "latest") -> int:
+        """Restore the run from ``checkpoint`` (a ``checkpoint-<step>`` dir, or ``"latest"`` in output_dir)."""
+        from .checkpoint import latest_checkpoint, load_checkpoint
+
+        path = latest_checkpoint(self.output_dir) if str(checkpoint) == "latest" else Path(checkpoint)
+        if path is None:
+            raise FileNotFoundError(f"No checkpoint-<step> directory in {self.output_dir} to resume from; "
+                                    "train first or set resume_from_checkpoint to a checkpoint path.")
+        self.global_step, self.history = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        return self.global_step
+
+
+def _finite(metrics: dict) -> dict:
+    """JSON has no NaN: write null instead."""
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def _lr_lambda(cfg: A2TGPOConfig) -> Callable[[int], float]:
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+    total = max(1, cfg.max_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if cfg.lr_scheduler_type == "linear":
+            return 1.0 - progress
+        if cfg.lr_scheduler_type == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def _resolve_examples(cfg: A2TGPOConfig, train, evaluation) -> tuple[list[QAExample], list[QAExample]]:
+    if train is None or evaluation is None:
+        if cfg.dataset == "bundled":
+            from .envs.world import load_split
+
+            train = train if train is not None else load_split("train")
+            evaluation = evaluation if evaluation is not None else load_split(cfg.eval_split)
+        else:
+            from .envs.loaders import load_questions
+
+            loaded = load_questions(cfg.dataset)
+            cut = max(1, len(loaded) // 10)
+            train = train if train is not None else loaded[cut:]
+            evaluation = evaluation if evaluation is not None else loaded[:cut]
+    if not train:
+        raise ValueError("No training questions: pass train_examples or point cfg.dataset at a question file.")
+    return list(train), list(evaluation)
+
+
+def _resolve_tool(cfg: A2TGPOConfig) -> Callable[[str], str]:
+    from .envs.search import SearchTool, bundled_search_tool
+
+    if cfg.corpus == "bundled":
+        return bundled_search_tool(topk=cfg.retrieval_topk)
+    return SearchTool.from_jsonl(cfg.corpus, topk=cfg.retrieval_topk)
