@@ -1,0 +1,66 @@
+"""Information gain, the per-turn intrinsic reward (ALGORITHM.md §1), from already-scored probes.
+
+After every tool turn t a probe teacher-forces the gold answer a and averages its token log-probs:
+
+    ℓ_t = (1/|a|) Σ_j log π_old(a_j | context after turn t, probe, a_<j)      t = 0 (question alone) .. K_i
+    p_t = exp(ℓ_t)
+
+and tool turn k (1 ≤ k ≤ K_i) earns how much it moved that number:
+
+    IG_k = p_k − p_{k−1}          (default, ``mode="prob"``)
+    IG_k = ℓ_k − ℓ_{k−1}          (``mode="logprob"``)
+
+The answer turn K_i + 1 earns no IG. Scoring the probes (running the model) lives elsewhere; this
+module is the arithmetic, so it can be checked by hand.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import IG_MODES
+
+
+def information_gain(probe_logprob_mean: torch.Tensor, num_tool_turns: torch.Tensor,
+                     mode: str = "prob") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """IG of every tool turn from the probe scores (equations in the module docstring).
+
+    Args:
+        probe_logprob_mean: [B, T+1] float, ℓ_t in column t (t = 0 is the question alone). Columns
+            past K_i are ignored (they may hold anything, typically NaN).
+        num_tool_turns: [B] int, K_i; 0 ≤ K_i ≤ T.
+        mode: ``"prob"`` or ``"logprob"``.
+
+    Returns:
+        ig: [B, T] float, column j = IG of tool turn j + 1; NaN past K_i and where the term was dropped.
+        p: [B, T+1] float, p_t = exp(ℓ_t); NaN past K_i.
+        nonfinite_count: how many IG terms (k ≤ K_i) came out NaN/inf and were dropped (set to NaN)
+            instead of crashing the step; a probe whose ℓ is −inf (p = 0) is a legitimate value in
+            ``"prob"`` mode, but its log-difference is not.
+    """
+    if mode not in IG_MODES:
+        raise ValueError(f"mode={mode!r} is not valid; choose one of {list(IG_MODES)}.")
+    if probe_logprob_mean.dim() != 2 or probe_logprob_mean.shape[1] < 2:
+        raise ValueError(f"probe_logprob_mean must be [B, T+1] with T >= 1; got shape "
+                         f"{tuple(probe_logprob_mean.shape)}.")
+    batch, width = probe_logprob_mean.shape
+    if num_tool_turns.shape != (batch,):
+        raise ValueError(f"num_tool_turns must be [B] = [{batch}]; got shape {tuple(num_tool_turns.shape)}.")
+    turns = num_tool_turns.to(probe_logprob_mean.device).long()
+    bad = ((turns < 0) | (turns > width - 1)).nonzero()
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(f"num_tool_turns[{row}]={int(turns[row])} must be in [0, T={width - 1}] "
+                         "(probe_logprob_mean has T+1 columns).")
+
+    column = torch.arange(width, device=probe_logprob_mean.device)
+    scored = column[None, :] <= turns[:, None]                      # [B, T+1]: t ≤ K_i
+    nan = torch.tensor(float("nan"), dtype=probe_logprob_mean.dtype, device=probe_logprob_mean.device)
+    logprob = torch.where(scored, probe_logprob_mean, nan)
+    p = torch.exp(logprob)
+
+    signal = p if mode == "prob" else logprob
+    ig = signal[:, 1:] - signal[:, :-1]                              # [B, T]: column j = turn j+1
+    is_tool_turn = scored[:, 1:]
+    dropped = is_tool_turn & ~torch.isfinite(ig)
+    ig = torch.where(is_tool_turn & ~dropped, ig, nan)
+    return ig, p, int(dropped.sum())
