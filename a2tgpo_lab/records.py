@@ -13,10 +13,12 @@ reward happens to be non-zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported lazily so `import a2tgpo_lab` stays fast
+    import torch
 
 END_REASONS = ("answer", "malformed", "max_turns", "max_tokens")
 
@@ -76,6 +78,8 @@ class Trajectory:
 
     def to(self, device) -> "Trajectory":
         """Move every tensor to ``device`` (lists are shared)."""
+        import torch
+
         moved = {name: (value.to(device) if isinstance(value, torch.Tensor) else value)
                  for name, value in self.__dict__.items()}
         return Trajectory(**moved)
