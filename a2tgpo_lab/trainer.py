@@ -216,7 +216,7 @@ class A2TGPOTrainer:
                         self.nonfinite_loss_steps += 1
                         continue
                     scaled.backward()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                     ratio[micro] = out.ratio.detach().float().cpu()
                     clipped[micro] = out.clipped.cpu()
                     collected.append(out.metrics)

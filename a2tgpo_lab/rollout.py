@@ -1,0 +1,343 @@
+"""Multi-turn rollouts: sample every rollout of a step together, call the tool between turns, return a Trajectory.
+
+One rollout is a dialogue (protocol.py): assistant turn, observation, assistant turn, ..., answer.
+All B = P·G rollouts (P examples × G generations; rollout p·G + g answers example p) advance in
+lockstep, one turn at a time:
+
+    for turn k = 1 .. max_turns:
+        sample tokens for every rollout still running until each emits end-of-turn or hits a cap
+        parse each turn: answer / malformed → the rollout ends;  search → tool(query) → observation
+        feed every observation (different lengths, one padded chunk) into the KV cache
+
+The KV cache is kept across turns, so a turn costs the new tokens only, not the whole history.
+Rows of the batch advance by different amounts, so the cache holds *holes*: pad tokens with
+attention mask 0 where a row had nothing to feed (its observation was shorter, or its turn had
+ended). Holes are invisible to attention; explicit ``position_ids`` count only a row's real tokens,
+so every real token sits at the position it has in the row's compact sequence. Rollouts that have
+ended are dropped from the cache at turn boundaries.
+
+The returned :class:`~a2tgpo_lab.records.Trajectory` is the compact form (holes removed, right
+padding) with its masks, and ``old_logprobs`` recomputed by one no-grad forward over exactly those
+tensors at the sampling temperature, so π_old is the same computation the trainer's forward does.
+
+Rules (``A2TGPOConfig``): ``max_new_tokens_per_turn`` caps one turn, ``max_completion_length`` caps
+everything after the prompt (observations included), ``max_turns`` caps the turns — a search in the
+last allowed turn is not executed (end reason ``"max_turns"``, penalised like a malformed turn);
+observations are cut to ``max_observation_tokens`` tokens. A search whose observation would not fit
+in the completion budget is not executed either (``"max_tokens"``). A malformed turn ends the
+rollout with the format penalty; it is never an exception.
+
+``reencode=True`` rebuilds the cache from the whole history at every turn instead (what calling
+``model.generate`` once per turn does); it exists for the benchmark and for the test that both
+modes give identical greedy rollouts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .chat import ObservationTemplate, encode, observation_template, prompt_ids
+from .config import A2TGPOConfig
+from .envs.qa import QAExample
+from .protocol import Action, parse_action
+from .records import Trajectory
+
+# Logits alive at once in the old-logprob forward: rows × length × vocab ≤ this (1 GiB of float32).
+_LOGITS_BUDGET = 2**28
+
+
+@dataclass
+class _Rollout:
+    """One rollout's compact token sequence and what happened in it, built up turn by turn."""
+
+    example: QAExample
+    prompt_index: int
+    ids: list[int]
+    turn_of_token: list[int]                  # 0 = prompt / observation, k = generated in turn k
+    context_ends: list[int]                   # after the prompt, then after each observation
+    turn_texts: list[str] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)
+    final_answer: Optional[str] = None
+    end_reason: Optional[str] = None
+
+    @property
+    def done(self) -> bool:
+        return self.end_reason is not None
+
+    @property
+    def completion_length(self) -> int:
+        return len(self.ids) - self.context_ends[0]
+
+
+class _CachedBatch:
+    """A batch of token rows living in a KV cache that may contain holes.
+
+    State: the cache, ``mask`` [N, S] (1 where the cache column is a real token of that row),
+    ``next_position`` [N] (real tokens so far = position of the row's next token) and
+    ``rows`` (which rollout each cache row belongs to).
+    """
+
+    def __init__(self, model, pad_id: int, device: torch.device):
+        self.model, self.pad_id, self.device = model, pad_id, device
+        self.cache = None
+        self.mask = None
+        self.next_position = None
+        self.rows: list[int] = []
+
+    def start(self, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
+        """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``."""
+        self.cache, self.rows = None, list(rows)
+        self.mask = torch.zeros(len(rows), 0, dtype=torch.long, device=self.device)
+        self.next_position = torch.zeros(len(rows), dtype=torch.long, device=self.device)
+        return self.feed(chunks)
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every cache row whose rollout is not in ``rows`` (ended rollouts cost nothing more)."""
+        if rows == self.rows:
+            return
+        where = {row: i for i, row in enumerate(self.rows)}
+        index = torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.next_position, self.rows = self.mask[index], self.next_position[index], list(rows)
+
+    def feed(self, chunks: list[list[int]]) -> torch.Tensor:
+        """Append ``chunks[i]`` (possibly empty) to cache row i; return next-token logits [N, V].
+
+        The chunks are right-padded into one [N, M] block; padding gets attention mask 0 (a hole)
+        and every real token the position ``next_position + offset``. Row i's logits come from its
+        last real token of the chunk (undefined for an empty chunk, and not used).
+        """
+        width = max(1, max(len(chunk) for chunk in chunks))
+        ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)
+        real = torch.zeros((len(chunks), width), dtype=torch.long)
+        for i, chunk in enumerate(chunks):
+            ids[i, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
+            real[i, : len(chunk)] = 1
+        ids, real = ids.to(self.device), real.to(self.device)
+        positions = self.next_position[:, None] + torch.arange(width, device=self.device)[None, :]
+        last_real = (real.sum(dim=1) - 1).clamp(min=0)                         # [N]
+        self.mask = torch.cat([self.mask, real], dim=1)                        # [N, S + M]
+        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, cache=self.cache,
+                         use_cache=True, logits_to_keep=last_real[:, None])
+        self.cache = out.cache
+        self.next_position = self.next_position + real.sum(dim=1)
+        return out.logits[:, 0, :]
+
+
+def sample_next_tokens(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
+                       generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Next token per row from logits [N, V]: argmax if greedy, else nucleus sampling at ``temperature``.
+
+    Nucleus (top-p): keep the smallest set of most likely tokens whose probability sums to ≥ top_p
+    (the most likely token always), renormalize, sample.
+    """
+    if greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    if generator is not None and probs.device != generator.device:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(logits.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def stop_token_ids(model, tokenizer, template: ObservationTemplate) -> set[int]:
+    """Tokens that end an assistant turn: the tokenizer's EOS, the model's generation EOS ids, and the
+    template's end-of-turn token when it is a special token."""
+    stops = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    if template.close_ids and template.close_ids[0] in special:
+        stops.add(template.close_ids[0])
+    stops.discard(None)
+    if not stops:
+        raise ValueError("The tokenizer has no EOS token and the model's generation_config names none, so an "
+                         "assistant turn could never end; set tokenizer.eos_token to the end-of-turn token.")
+    return stops
+
+
+def generate_rollouts(model, tokenizer, examples: Sequence[QAExample], tool: Callable[[str], str],
+                      cfg: A2TGPOConfig, num_generations: Optional[int] = None, greedy: bool = False,
+                      generator: Optional[torch.Generator] = None, progress: bool = False,
+                      reencode: bool = False) -> Trajectory:
+    """Sample ``num_generations`` multi-turn rollouts per example (see the module docstring).
+
+    Args:
+        model, tokenizer: a causal LM and its tokenizer (with a chat template and a pad or EOS token).
+        examples: P questions; rollouts p·G .. p·G + G − 1 answer example p (``prompt_index`` p).
+        tool: ``query -> observation text`` (e.g. :class:`~a2tgpo_lab.envs.search.SearchTool`).
+        cfg: turn / token caps, temperature, top_p, observation role, system prompt, reward settings.
+        num_generations: G (default ``cfg.num_generations``).
+        greedy: argmax decoding (evaluation); otherwise sampling at ``cfg.temperature`` / ``cfg.top_p``.
+        generator: seeds the sampling (same generator state + same model → same rollouts).
+        progress: show a tqdm bar over turns.
+        reencode: rebuild the KV cache from the whole history each turn (benchmark / reference only).
+
+    Returns:
+        A right-padded :class:`Trajectory` of B = P·G rollouts, its tensors on the CPU.
+    """
+    if not examples:
+        raise ValueError("generate_rollouts got no examples; pass a non-empty list of QAExample.")
+    group = cfg.num_generations if num_generations is None else num_generations
+    if not isinstance(group, int) or group < 1:
+        raise ValueError(f"generate_rollouts: num_generations={group!r} must be a positive integer.")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token.")
+    template = observation_template(tokenizer, cfg.observation_role, cfg.system_prompt)
+    stops = stop_token_ids(model, tokenizer, template)
+    device = next(model.parameters()).device
+
+    rollouts = []
+    for p, example in enumerate(examples):
+        prompt = prompt_ids(tokenizer, example.question, cfg.system_prompt)
+        rollouts += [_Rollout(example, p, list(prompt), [0] * len(prompt), [len(prompt)]) for _ in range(group)]
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _run_turns(model, tokenizer, rollouts, tool, cfg, template, stops, pad_id, device, greedy, generator,
+                       progress, reencode)
+            return _to_trajectory(model, rollouts, cfg, pad_id, device)
+    finally:
+        model.train(was_training)
+
+
+def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConfig, template: ObservationTemplate,
+               stops: set[int], pad_id: int, device, greedy: bool, generator, progress: bool, reencode: bool) -> None:
+    """Advance every rollout turn by turn until all have ended (fills the rollouts in place)."""
+    batch = _CachedBatch(model, pad_id, device)
+    live = list(range(len(rollouts)))
+    logits = batch.start(live, [rollouts[i].ids for i in live])
+    turns = range(1, cfg.max_turns + 1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        turns = tqdm(turns, desc="rollout turns", leave=False)
+    for turn in turns:
+        # ---- sample this turn's tokens; `pending` holds sampled tokens not yet in the cache
+        generating = {i: True for i in live}
+        pending = {i: [] for i in live}
+        turn_start = {i: len(rollouts[i].ids) for i in live}
+        hit_length_cap = set()
+        while True:
+            active = [j for j, i in enumerate(batch.rows) if generating[i]]
+            tokens = sample_next_tokens(logits[active], cfg.temperature, cfg.top_p, greedy, generator).tolist()
+            for j, token in zip(active, tokens):
+                i = batch.rows[j]
+                rollout = rollouts[i]
+                rollout.ids.append(token)
+                rollout.turn_of_token.append(turn)
+                pending[i] = [token]
+                if rollout.completion_length >= cfg.max_completion_length:
+                    hit_length_cap.add(i)
+                turn_length = len(rollout.ids) - turn_start[i]
+                if token in stops or turn_length >= cfg.max_new_tokens_per_turn or i in hit_length_cap:
+                    generating[i] = False
+            if not any(generating.values()):
+                break
+            logits = batch.feed([pending[i] for i in batch.rows])
+            pending = {i: [] for i in batch.rows}
+
+        # ---- act on each finished turn
+        for i in live:
+            rollout = rollouts[i]
+            generated = rollout.ids[turn_start[i]:]
+            text = tokenizer.decode(generated, skip_special_tokens=True).strip()
+            action = parse_action(text)
+            rollout.turn_texts.append(text)
+            rollout.actions.append(action)
+            if action.kind == "answer":
+                rollout.final_answer, rollout.end_reason = action.content, "answer"
+            elif i in hit_length_cap:
+                rollout.end_reason = "max_tokens"
+            elif action.kind == "malformed":
+                rollout.end_reason = "malformed"
+            elif turn == cfg.max_turns:
+                rollout.end_reason = "max_turns"  # the search is not executed
+            else:
+                between = _observe(tool, action.content, tokenizer, template, cfg, generated[-1], rollout)
+                if between is None:
+                    rollout.end_reason = "max_tokens"
+                else:
+                    pending[i] = pending[i] + between
+        live = [i for i in live if not rollouts[i].done]
+        if progress:
+            turns.set_postfix(running=len(live))
+        if not live:
+            break
+        # ---- feed the observations (and each turn's last token) to start the next turn
+        if reencode:
+            logits = batch.start(live, [rollouts[i].ids for i in live])
+        else:
+            batch.keep(live)
+            logits = batch.feed([pending[i] for i in live])
+
+
+def _observe(tool, query: str, tokenizer, template: ObservationTemplate, cfg: A2TGPOConfig, last_token: int,
+             rollout: _Rollout) -> Optional[list[int]]:
+    """Run the search and append its observation to ``rollout``; return the appended ids.
+
+    Returns None (nothing appended) when the observation plus one more token would exceed
+    ``max_completion_length``: that search is not executed.
+    """
+    text = tool(query)
+    if not isinstance(text, str):
+        raise TypeError(f"The tool returned {type(text).__name__} for query {query!r}; it must return the "
+                        "observation text (a string, e.g. protocol.format_observation(passages)).")
+    body = encode(tokenizer, text)[: cfg.max_observation_tokens]
+    closed = bool(template.close_ids) and last_token == template.close_ids[0]
+    between = template.between_turns(body, turn_closed=closed)
+    if rollout.completion_length + len(between) + 1 > cfg.max_completion_length:
+        return None
+    rollout.ids += between
+    rollout.turn_of_token += [0] * len(between)
+    rollout.context_ends.append(len(rollout.ids))
+    rollout.observations.append(tokenizer.decode(body, skip_special_tokens=False))
+    return between
+
+
+def _to_trajectory(model, rollouts: list[_Rollout], cfg: A2TGPOConfig, pad_id: int, device) -> Trajectory:
+    """Right-pad the compact rollouts into tensors, recompute π_old on exactly those tensors, score outcomes."""
+    from .logprobs import token_logprobs
+    from .rewards import outcome_reward
+
+    batch, length, width = len(rollouts), max(len(r.ids) for r in rollouts), cfg.max_turns + 1
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, length), dtype=torch.long)
+    turn_ids = torch.zeros((batch, length), dtype=torch.long)
+    context_ends = torch.full((batch, width), -1, dtype=torch.long)
+    for b, rollout in enumerate(rollouts):
+        n = len(rollout.ids)
+        input_ids[b, :n] = torch.tensor(rollout.ids)
+        attention_mask[b, :n] = 1
+        turn_ids[b, :n] = torch.tensor(rollout.turn_of_token)
+        context_ends[b, : len(rollout.context_ends)] = torch.tensor(rollout.context_ends)
+    loss_mask = turn_ids > 0
+    num_tool_turns = torch.tensor([len(r.context_ends) - 1 for r in rollouts], dtype=torch.long)
+    has_answer_turn = (turn_ids == num_tool_turns[:, None] + 1).any(dim=1)
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    chunk = max(1, _LOGITS_BUDGET // (length * vocab))
+    old = token_logprobs(model, input_ids.to(device), attention_mask.to(device), temperature=cfg.temperature,
+                         chunk=chunk).logprobs.cpu()
+    return Trajectory(
+        input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, turn_ids=turn_ids,
+        old_logprobs=old.masked_fill(~loss_mask, 0.0), context_ends=context_ends,
+        prompt_index=torch.tensor([r.prompt_index for r in rollouts], dtype=torch.long),
+        num_tool_turns=num_tool_turns, has_answer_turn=has_answer_turn,
+        outcome_reward=torch.tensor([outcome_reward(r.final_answer, r.example.answers, r.end_reason != "answer",
+                                                    cfg.reward_fn, cfg.format_penalty) for r in rollouts]),
+        questions=[r.example.question for r in rollouts],
+        answers=[list(r.example.answers) for r in rollouts], turn_texts=[r.turn_texts for r in rollouts],
+        actions=[r.actions for r in rollouts], observations=[r.observations for r in rollouts],
+        final_answer=[r.final_answer for r in rollouts], end_reason=[r.end_reason for r in rollouts],
+        example_ids=[r.example.id for r in rollouts])

@@ -1,0 +1,320 @@
+"""The live training dashboard: attach it to a trainer, train in the background, watch each step.
+
+    dash = Dashboard(trainer)          # registers itself with trainer.add_callback(dash)
+    dash                               # show it (last expression of a cell)
+    trainer.train_in_background()      # the kernel stays free: the buttons and the slider work
+
+Works with any trainer-like object that has ``add_callback(cb)``; it uses ``pause()``, ``resume()``,
+``stop()`` (for the buttons), ``history`` (the metrics rows of the training curves) and ``records``
+(kept StepRecords, imported when attaching mid-run) when present. Callbacks it answers:
+``on_train_begin``, ``on_step_end(trainer, record)``, ``on_evaluate``, ``on_train_end``.
+
+Why it cannot slow training down: ``on_step_end`` runs on the training thread and only appends the
+record to a list (under a lock held for that append) and marks the view dirty. A separate refresher
+thread redraws at most once every ``update_interval`` seconds, building each figure with the pure
+builders and copying it into a FigureWidget created once (one ``batch_update`` each). Only the
+visible tab is drawn; the others are drawn when opened. A redraw is Python work that competes with
+training for the interpreter, so the refresher also waits ``last redraw time / max_busy`` between
+redraws (at most ``MAX_GAP_S``): it takes no more than about ``max_busy`` of the time. ``Dashboard.from_records(records)`` shows
+saved records offline, with no trainer and no thread.
+"""
+from __future__ import annotations
+
+import html
+import math
+import threading
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from .advantage_figures import advantage_depth_figure
+from .clip_figures import clip_fraction_figure, clip_range_figure, ratio_figure
+from .ig_figures import group_heatmap_figure, ig_per_rollout_figure
+from .inspector import RolloutInspector, rollout_html
+from .live import sync_figure
+from .static import StaticFallback
+from .training_figures import training_curves_figure
+
+# Tabs of the selected step's views: name → pure builder (record → figure).
+RECORD_VIEWS: dict[str, Callable] = {
+    "IG per rollout": ig_per_rollout_figure,
+    "IG groups": group_heatmap_figure,
+    "advantage vs depth": advantage_depth_figure,
+    "clip bands": clip_range_figure,
+    "ratios": ratio_figure,
+}
+ROLLOUTS_TAB = "rollouts"
+MAX_GAP_S = 5.0        # the adaptive throttle never waits longer than this between redraws
+HISTORY_VIEWS: dict[str, Callable] = {
+    "training curves": training_curves_figure,
+    "clip fraction per turn": clip_fraction_figure,
+}
+
+
+class Dashboard(StaticFallback):
+    """Live view of a training run (see the module docstring).
+
+    Args:
+        trainer: a trainer-like object to attach to now (or later with :meth:`attach`).
+        update_interval: seconds between redraws at most (the throttle).
+        max_busy: the largest share of time redraws may take (stretches the interval when drawing is slow).
+        max_records: how many recent StepRecords the step slider can go back over.
+        background: run the refresher thread while training (off for offline use and tests, which
+            call :meth:`maybe_refresh` / :meth:`refresh` themselves).
+        clock: the time source of the throttle (``time.monotonic``; tests pass a fake clock).
+    """
+
+    title = "A²TGPO training dashboard"
+
+    def __init__(self, trainer: Any = None, update_interval: float = 0.5, max_records: int = 100,
+                 background: bool = True, clock: Callable[[], float] = time.monotonic, max_busy: float = 0.1):
+        import ipywidgets as widgets
+        import plotly.graph_objects as go
+
+        if update_interval < 0 or max_records < 1 or not 0 < max_busy <= 1:
+            raise ValueError(f"Dashboard: update_interval={update_interval!r} must be >= 0, max_records="
+                             f"{max_records!r} >= 1 and max_busy={max_busy!r} in (0, 1].")
+        self.trainer: Any = None
+        self.update_interval = update_interval
+        self.max_busy = max_busy
+        self._last_draw_seconds = 0.0
+        self.max_records = max_records
+        self.background = background
+        self._clock = clock
+        self.records: list = []
+        self._records_lock = threading.Lock()      # held only for an append / a snapshot
+        self._draw_lock = threading.RLock()        # one redraw at a time (refresher thread vs kernel)
+        self._dirty = False
+        self._last_draw = -math.inf
+        self.draw_count = 0
+        self._state = "waiting for training to start"
+        self._error = ""
+        self._selected_step: Optional[int] = None
+        self._drawn: dict[str, int] = {}           # tab → id() of the record it currently shows
+        self._refresher: Optional[threading.Thread] = None
+        self._stop_refresher = threading.Event()
+        self._moving_slider = False
+
+        self.status = widgets.HTML()
+        self.pause_button = widgets.Button(description="pause", icon="pause", disabled=True)
+        self.resume_button = widgets.Button(description="resume", icon="play", disabled=True)
+        self.stop_button = widgets.Button(description="stop", icon="stop", button_style="danger", disabled=True)
+        self.step_slider = widgets.IntSlider(value=0, min=0, max=0, description="step record", readout=False,
+                                             continuous_update=False, layout=widgets.Layout(width="420px"))
+        self.step_label = widgets.Label("no step yet")
+        self.follow = widgets.Checkbox(value=True, description="follow latest", indent=False)
+        self.history_figures = {name: go.FigureWidget(build([])) for name, build in HISTORY_VIEWS.items()}
+        self.record_figures = {name: go.FigureWidget(layout=dict(template="plotly_white", height=360))
+                               for name in RECORD_VIEWS}
+        self.inspector = RolloutInspector()
+        self.history_tabs = widgets.Tab(children=list(self.history_figures.values()),
+                                        titles=list(self.history_figures))
+        self.record_tabs = widgets.Tab(children=[*self.record_figures.values(), self.inspector.widget],
+                                       titles=[*self.record_figures, ROLLOUTS_TAB])
+        self.controls = widgets.HBox([self.pause_button, self.resume_button, self.stop_button],
+                                     layout=widgets.Layout(display="none"))   # shown once a trainer is attached
+        self.widget = widgets.VBox([
+            self.controls, self.status,
+            self.history_tabs, widgets.HBox([self.step_slider, self.step_label, self.follow]), self.record_tabs])
+        self.pause_button.on_click(lambda _: self._control("pause", "paused (after the current step)"))
+        self.resume_button.on_click(lambda _: self._control("resume", "running"))
+        self.stop_button.on_click(lambda _: self._control("stop", "stopping after the current step"))
+        self.step_slider.observe(self._on_slider, names="value")
+        self.follow.observe(self._on_follow, names="value")
+        self.record_tabs.observe(lambda _: self._draw_selected(), names="selected_index")
+        self._update_status()
+        if trainer is not None:
+            self.attach(trainer)
+
+    @classmethod
+    def from_records(cls, records: Sequence, **kwargs) -> "Dashboard":
+        """An offline dashboard over saved StepRecords (e.g. ``trainer.records`` or ``sample_run()``)."""
+        records = list(records)
+        if not records:
+            raise ValueError("Dashboard.from_records needs at least one StepRecord (e.g. trainer.records, or "
+                             "a2tgpo_lab.viz.sample_run() for synthetic ones).")
+        dashboard = cls(background=False, **kwargs)
+        dashboard.records = records[-dashboard.max_records:]
+        dashboard._state = f"offline: {len(records)} records"
+        dashboard.refresh()
+        return dashboard
+
+    # ------------------------------------------------------------------ trainer side (any thread)
+    def attach(self, trainer: Any) -> None:
+        """Register with ``trainer.add_callback`` and take over its kept records, if any."""
+        if not callable(getattr(trainer, "add_callback", None)):
+            raise TypeError(f"Dashboard.attach: {type(trainer).__name__} has no add_callback(callback) method; "
+                            "pass an A2TGPOTrainer or an object with the same callback API.")
+        trainer.add_callback(self)
+        self.trainer = trainer
+        self.controls.layout.display = "flex"
+        for button, method in ((self.pause_button, "pause"), (self.resume_button, "resume"),
+                               (self.stop_button, "stop")):
+            button.disabled = not callable(getattr(trainer, method, None))
+        kept = list(getattr(trainer, "records", None) or [])
+        if kept:
+            with self._records_lock:
+                self.records = kept[-self.max_records:]
+            self.refresh()
+
+    def on_train_begin(self, trainer: Any) -> None:
+        self._state = "running"
+        self._dirty = True
+        if self.background and (self._refresher is None or not self._refresher.is_alive()):
+            self._stop_refresher.clear()
+            self._refresher = threading.Thread(target=self._refresh_loop, name="a2tgpo-dashboard", daemon=True)
+            self._refresher.start()
+
+    def on_step_end(self, trainer: Any, record: Any) -> None:
+        """Store the record and return: drawing happens on the refresher thread (or :meth:`refresh`)."""
+        with self._records_lock:
+            self.records.append(record)
+            if len(self.records) > self.max_records:
+                del self.records[0]
+        self._dirty = True
+
+    def on_evaluate(self, trainer: Any, metrics: dict) -> None:
+        self._dirty = True                          # the eval metrics arrive through trainer.history
+
+    def on_train_end(self, trainer: Any) -> None:
+        self._stop_refresher.set()
+        self._state = "finished"
+        self.refresh()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop_refresher.wait(max(self.update_interval, 0.05) / 2):
+            try:
+                self.maybe_refresh()
+            except Exception as error:             # a drawing bug must never stop training
+                self._error = f"{type(error).__name__}: {error}"
+
+    # ------------------------------------------------------------------ drawing (kernel or refresher thread)
+    def history(self) -> list[dict]:
+        """The metrics rows: ``trainer.history`` when attached, else the stored records' metrics."""
+        source = getattr(self.trainer, "history", None)
+        if source is not None:
+            return list(source)
+        with self._records_lock:
+            return [record.metrics for record in self.records]
+
+    def maybe_refresh(self) -> bool:
+        """Redraw if something changed and the throttle allows it: ``update_interval`` (or the last
+        redraw's duration / ``max_busy``, if longer, up to ``MAX_GAP_S``) has passed since the last
+        redraw began."""
+        gap = max(self.update_interval, min(self._last_draw_seconds / self.max_busy, MAX_GAP_S))
+        if self._dirty and self._clock() - self._last_draw >= gap:
+            self.refresh()
+            return True
+        return False
+
+    def refresh(self) -> None:
+        """Redraw now: training curves, the step slider, the visible tab of the selected step, the status."""
+        with self._draw_lock:
+            self._dirty = False
+            self._last_draw = self._clock()
+            self.draw_count += 1
+            history = self.history()
+            shown = self.history_tabs.selected_index or 0
+            name = list(self.history_figures)[shown]
+            sync_figure(self.history_figures[name], HISTORY_VIEWS[name](history))
+            for other, figure in self.history_figures.items():
+                if other != name and (len(figure.data) == 0 or self.draw_count % 4 == 0):
+                    sync_figure(figure, HISTORY_VIEWS[other](history))
+            with self._records_lock:
+                count = len(self.records)
+                steps = [record.step for record in self.records]
+            if count:
+                self._moving_slider = True
+                try:
+                    self.step_slider.max = count - 1
+                    if self.follow.value or self._selected_step not in steps:
+                        self.step_slider.value = count - 1
+                    else:
+                        self.step_slider.value = steps.index(self._selected_step)
+                finally:
+                    self._moving_slider = False
+                self._draw_selected()
+            self._update_status()
+            self._last_draw_seconds = self._clock() - self._last_draw
+
+    def selected_record(self) -> Any:
+        """The StepRecord the step slider points at (None before the first step)."""
+        with self._records_lock:
+            if not self.records:
+                return None
+            return self.records[min(self.step_slider.value, len(self.records) - 1)]
+
+    def _draw_selected(self) -> None:
+        """Draw the visible record tab for the selected record, unless it already shows it."""
+        record = self.selected_record()
+        if record is None:
+            return
+        with self._draw_lock:
+            self._selected_step = record.step
+            names = [*self.record_figures, ROLLOUTS_TAB]
+            name = names[self.record_tabs.selected_index or 0]
+            self.step_label.value = (f"step {record.step}  ({self.step_slider.value + 1} of "
+                                     f"{self.step_slider.max + 1} kept)")
+            if self._drawn.get(name) == id(record):
+                return
+            if name == ROLLOUTS_TAB:
+                self.inspector.load_record(record)
+            else:
+                sync_figure(self.record_figures[name], RECORD_VIEWS[name](record))
+            self._drawn[name] = id(record)
+
+    def _on_slider(self, change) -> None:
+        if self._moving_slider:
+            return
+        self.follow.value = change["new"] == self.step_slider.max
+        self._draw_selected()
+
+    def _on_follow(self, change) -> None:
+        if change["new"] and not self._moving_slider:
+            self.step_slider.value = self.step_slider.max
+
+    # ------------------------------------------------------------------ buttons and status
+    def _control(self, method: str, state: str) -> None:
+        getattr(self.trainer, method)()
+        self._state = state
+        self._update_status()
+
+    def _update_status(self) -> None:
+        parts = [f"<b>{html.escape(self._state)}</b>"]
+        history = self.history()
+        with self._records_lock:
+            latest = self.records[-1] if self.records else None
+            kept = len(self.records)
+        if latest is not None:
+            max_steps = getattr(getattr(self.trainer, "cfg", None), "max_steps", None)
+            parts.append(f"step {latest.step}" + (f" / {max_steps}" if max_steps else ""))
+            metrics = latest.metrics
+            for key, label in (("reward", "reward"), ("num_turns/mean", "turns"),
+                               ("clip_ratio/region_mean", "clipped")):
+                if metrics.get(key) is not None:
+                    parts.append(f"{label} {metrics[key]:.3f}")
+            if latest.elapsed_s:
+                parts.append(f"{latest.elapsed_s:.2f} s/step")
+        evals = [row["eval/em"] for row in history if row.get("eval/em") is not None]
+        if evals:
+            parts.append(f"eval/em {evals[-1]:.3f}")
+        parts.append(f"{kept} records kept · redrawn {self.draw_count}×")
+        if self._error:
+            parts.append(f"<span style='color:#b2182b'>view error: {html.escape(self._error)}</span>")
+        self.status.value = " · ".join(parts)
+
+    # ------------------------------------------------------------------ static fallback
+    def figures(self) -> dict:
+        history = self.history()
+        figures = {name: build(history) for name, build in HISTORY_VIEWS.items()}
+        record = self.selected_record()
+        if record is not None:
+            figures.update({f"{name} (step {record.step})": build(record) for name, build in RECORD_VIEWS.items()})
+        return figures
+
+    def extra_html(self) -> str:
+        record = self.selected_record()
+        if record is None:
+            return f"<div>{self.status.value}</div>"
+        shown = self.inspector.rollout.value
+        rollout = shown if shown is not None and shown < len(record.questions) else 0
+        return f"<div>{self.status.value}</div>{rollout_html(record, rollout)}"

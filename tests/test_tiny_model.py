@@ -1,0 +1,94 @@
+"""The shipped tiny model loads like any Hugging Face chat model and acts in the protocol; the SFT pieces work."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from a2tgpo_lab.envs.search import bundled_search_tool
+from a2tgpo_lab.envs.world import load_split
+from a2tgpo_lab.protocol import SYSTEM_PROMPT, format_answer, format_search, parse_action
+from a2tgpo_lab.sft import (bundled_model_dir, encode_demonstration, make_demonstrations, play_episode,
+                            train_sft)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    model = AutoModelForCausalLM.from_pretrained(bundled_model_dir())
+    model.eval()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def tool():
+    return bundled_search_tool(topk=2)
+
+
+def test_shipped_files_are_small_safetensors(shipped):
+    files = {p.name: p.stat().st_size for p in bundled_model_dir().iterdir()}
+    assert "model.safetensors" in files and "tokenizer.json" in files and "README.md" in files
+    assert sum(files.values()) < 10 * 2**20
+    model, _ = shipped
+    assert model.config.model_type == "qwen3"
+
+
+def test_chat_template_renders_and_every_world_word_is_in_the_vocabulary(shipped, tool):
+    _, tokenizer = shipped
+    question = load_split("dev")[0]
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question.question},
+                {"role": "assistant", "content": format_search(question.meta["queries"][0])},
+                {"role": "user", "content": tool(question.meta["queries"][0])}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    for example in load_split("test")[:50]:
+        assert tokenizer.unk_token_id not in tokenizer(example.question + " " + example.answers[0])["input_ids"]
+
+
+def test_greedy_turn_on_a_dev_question_is_a_parsable_action(shipped, tool):
+    model, tokenizer = shipped
+    for example in load_split("dev")[:3]:
+        chat, answer = play_episode(model, tokenizer, example.question, tool, max_turns=1)
+        action = parse_action(chat[2]["content"])
+        assert action.kind in ("search", "answer"), chat[2]["content"]
+
+
+def test_demonstrations_follow_the_queries_and_shortcut_only_multi_hop(tool):
+    examples = load_split("sft")[:60]
+    full = make_demonstrations(examples, tool, random.Random(0), shortcut_rate=0.0)
+    for example, chat in zip(examples, full):
+        searches = [m["content"] for m in chat if m["role"] == "assistant"][:-1]
+        assert searches == [format_search(q) for q in example.meta["queries"]]
+        assert chat[-1]["content"] == format_answer(example.answers[0])
+        assert [m["content"] for m in chat[3::2]] == [tool(q) for q in example.meta["queries"]]
+    hurried = make_demonstrations(examples, tool, random.Random(0), shortcut_rate=1.0)
+    for example, chat in zip(examples, hurried):
+        searches = sum(m["role"] == "assistant" for m in chat) - 1
+        assert searches == example.hops if example.hops == 1 else 1 <= searches < example.hops
+    with pytest.raises(ValueError, match="shortcut_rate"):
+        make_demonstrations(examples, tool, random.Random(0), shortcut_rate=1.5)
+
+
+def test_only_assistant_turns_are_trained(shipped, tool):
+    _, tokenizer = shipped
+    chat = make_demonstrations(load_split("sft")[:1], tool, random.Random(0), shortcut_rate=0.0)[0]
+    ids, trained = encode_demonstration(tokenizer, chat)
+    assert len(ids) == len(trained)
+    expected = " ".join(m["content"] + " <|im_end|>" for m in chat if m["role"] == "assistant")
+    assert tokenizer.decode([i for i, t in zip(ids, trained) if t]) == expected
+
+
+def test_train_sft_lowers_the_loss_of_a_small_model(tool):
+    from a2tgpo_lab.tiny import build_tiny_qwen, build_word_tokenizer
+
+    demos = make_demonstrations(load_split("sft")[:8], tool, random.Random(0), shortcut_rate=0.0)
+    tokenizer = build_word_tokenizer([m["content"] for chat in demos for m in chat])
+    model = build_tiny_qwen(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    losses = train_sft(model, tokenizer, demos, steps=40, batch_size=4, lr=1e-2, warmup_steps=2, progress=False)
+    assert len(losses) == 40 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5

@@ -1,0 +1,328 @@
+"""Widget views driven through their traitlets (no browser): clip explorer, rollout inspector, dashboard."""
+from __future__ import annotations
+
+import html
+import re
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from a2tgpo_lab.viz.clip_explorer import ClipExplorer, epsilon_preset
+from a2tgpo_lab.viz.dashboard import Dashboard
+from a2tgpo_lab.viz.inspector import RolloutInspector, rollout_html
+from a2tgpo_lab.viz.sample import sample_run, sample_step_record
+
+
+@pytest.fixture(scope="module")
+def record():
+    return sample_step_record(seed=0)
+
+
+@pytest.fixture(scope="module")
+def run():
+    return sample_run(n_steps=6, seed=2, eval_every=2, n_prompts=2, group_size=4)
+
+
+def curve(fig, panel: str, name: str = "objective"):
+    return next(t for t in fig.data if (t.meta or {}).get("panel") == panel and t.meta.get("curve") == name)
+
+
+# ----------------------------------------------------------------------------- clip explorer
+
+
+def dead_zone_start(fig, panel: str) -> float:
+    """The smallest ratio where the panel's gradient curve is zero (A > 0: the top of the band)."""
+    gradient = curve(fig, panel, "gradient")
+    return float(np.array(gradient.x)[np.array(gradient.y) == 0].min())
+
+
+def test_clip_explorer_sliders_redraw_the_figure():
+    explorer = ClipExplorer(ig_norm=0.0)
+    readout = explorer.readout.value
+    assert explorer.figure.layout.meta["clip_factor"] == pytest.approx(1.0)
+    assert dead_zone_start(explorer.figure, "adaptive") == pytest.approx(1.004, abs=1e-4)
+
+    explorer.ig_norm.value = 2.0
+    c = explorer.figure.layout.meta["clip_factor"]
+    assert c == pytest.approx(1 + 0.3 * np.tanh(1.0))
+    assert explorer.readout.value != readout and f"{c:.4f}" in explorer.readout.value
+    assert dead_zone_start(explorer.figure, "adaptive") == pytest.approx(1 + c * 0.004, abs=1e-4)
+    assert dead_zone_start(explorer.figure, "fixed") == pytest.approx(1.004, abs=1e-4)   # ignores Ĩ
+
+    explorer.beta.value = 0.0
+    assert explorer.figure.layout.meta["clip_factor"] == pytest.approx(1.0)
+
+
+def test_clip_explorer_sign_moves_the_dead_zone():
+    explorer = ClipExplorer(ig_norm=0.0, advantage_sign=1.0)
+    gradient = curve(explorer.figure, "adaptive", "gradient")
+    x, g = np.array(gradient.x), np.array(gradient.y)
+    assert (g[x > 1.01] == 0).all() and (g[x < 0.99] != 0).all()
+    explorer.sign.value = -1.0
+    gradient = curve(explorer.figure, "adaptive", "gradient")
+    x, g = np.array(gradient.x), np.array(gradient.y)
+    assert (g[x < 0.99] == 0).all() and (g[x > 1.01] != 0).all()
+
+
+def test_clip_explorer_ratio_presets():
+    explorer = ClipExplorer()
+    assert (explorer.eps_low.value, explorer.eps_high.value) == pytest.approx(epsilon_preset("turn"))
+    explorer.ratio_level.value = "token"
+    assert (explorer.eps_low.value, explorer.eps_high.value) == pytest.approx((0.2, 0.28))
+    low, high = explorer.figure.layout.meta["fixed_bounds"]
+    assert (low, high) == pytest.approx((0.8, 1.28))
+    with pytest.raises(ValueError, match="ratio_level"):
+        epsilon_preset("sequence")
+
+
+def test_clip_explorer_loads_a_record(record):
+    explorer = ClipExplorer()
+    explorer.load_record(record)
+    assert explorer.beta.value == pytest.approx(record.config["clip_beta"])
+    assert explorer.eps_low.value == pytest.approx(record.config["epsilon"])
+    assert [value for _, value in explorer.rollout.options] == list(range(len(record.questions)))
+    i = int(np.nonzero(record.num_tool_turns >= 2)[0][1])
+    explorer.rollout.value = i
+    assert [k for _, k in explorer.turn.options] == list(range(1, int(record.num_tool_turns[i]) + 2))
+    explorer.turn.value = 2
+    assert explorer.ig_norm.value == pytest.approx(record.ig_norm[i, 1], abs=1e-9)
+    assert explorer.sign.value == (1.0 if record.advantages[i, 1] >= 0 else -1.0)
+    ratios = curve(explorer.figure, "adaptive", "ratios")
+    in_turn = (record.turn_ids[i] == 2) & record.loss_mask[i]
+    assert np.allclose(ratios.x, record.ratio[i][in_turn])
+    assert f"rollout {i}, turn 2" in explorer.readout.value
+    # The terminal turn has c = 1 (answer_turn_clip="one"), i.e. Ĩ = 0 in the explorer.
+    explorer.turn.value = int(record.num_tool_turns[i]) + 1
+    assert explorer.ig_norm.value == 0.0
+    assert "clipped surrogate" in explorer.figures() and "<div" in explorer.to_html()
+
+
+# ----------------------------------------------------------------------------- rollout inspector
+
+
+def test_rollout_html_shows_every_token_mask_and_clip(record):
+    i = next(i for i in range(len(record.questions)) if (record.clipped[i] != 0).any())
+    page = rollout_html(record, i)
+    chips = re.findall(r"<span title='([^']*)' style='([^']*)'>([^<]*)</span>", page)
+    assert len(chips) == len(record.tokens[i])
+    assert [html.unescape(text) for _, _, text in chips] == [str(t) for t in record.tokens[i]]
+    trained = [("background" in style) for _, style, _ in chips]
+    assert trained == record.loss_mask[i].tolist()
+    high = ["clipped high" in tip for tip, _, _ in chips]
+    low = ["clipped low" in tip for tip, _, _ in chips]
+    assert high == (record.clipped[i] > 0).tolist() and low == (record.clipped[i] < 0).tolist()
+    # One badge per assistant turn, with the IG of each tool turn.
+    assert page.count("terminal turn") == int(record.has_answer_turn[i])
+    for k in range(1, int(record.num_tool_turns[i]) + 1):
+        assert f"IG {record.ig[i, k - 1]:+.4f}" in page
+    assert html.escape(record.probe_text) in page
+    assert "&lt;search&gt;" in page and "<search>" not in page
+    by_advantage = rollout_html(record, i, color_by="advantage")
+    assert by_advantage != page and "A &lt; 0" in by_advantage
+    with pytest.raises(ValueError, match="color_by"):
+        rollout_html(record, i, color_by="ratio")
+    with pytest.raises(ValueError, match="rollout=24"):
+        rollout_html(record, 24)
+
+
+def test_rollout_inspector_selector(record):
+    inspector = RolloutInspector(record)
+    assert inspector.view.value == rollout_html(record, 0)
+    inspector.rollout.value = 5
+    assert inspector.view.value == rollout_html(record, 5)
+    inspector.color_by.value = "advantage"
+    assert inspector.view.value == rollout_html(record, 5, "advantage")
+    smaller = sample_step_record(seed=4, n_prompts=1, group_size=3)
+    inspector.load_record(smaller)               # rollout 5 does not exist there: back to 0
+    assert inspector.rollout.value == 0 and inspector.view.value == rollout_html(smaller, 0, "advantage")
+    assert inspector._repr_html_() == inspector.view.value
+
+
+# ----------------------------------------------------------------------------- dashboard
+
+
+class FakeClock:
+    """Time that moves only when told to; ``per_call`` makes every reading advance it (a slow redraw)."""
+
+    def __init__(self):
+        self.now, self.per_call = 100.0, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.per_call
+        return self.now
+
+
+class FakeTrainer:
+    """The trainer API the dashboard relies on, with no model: callbacks, controls, history, records."""
+
+    def __init__(self, records):
+        self.pending = list(records)
+        self.callbacks, self.calls = [], []
+        self.history, self.records = [], []
+        self.cfg = SimpleNamespace(max_steps=len(records))
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback)
+
+    def pause(self):
+        self.calls.append("pause")
+
+    def resume(self):
+        self.calls.append("resume")
+
+    def stop(self):
+        self.calls.append("stop")
+
+    def emit(self, event, *args):
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    def step(self):
+        record = self.pending.pop(0)
+        self.records.append(record)
+        self.history.append(record.metrics)
+        self.emit("on_step_end", record)
+        return record
+
+    def train(self):
+        self.emit("on_train_begin")
+        while self.pending:
+            self.step()
+        self.emit("on_train_end")
+
+    def train_in_background(self):
+        thread = threading.Thread(target=self.train)
+        thread.start()
+        return thread
+
+
+def ig_trace_rollouts(fig, record):
+    """(rollout, y) pairs of an IG-per-rollout figure, to compare with the record."""
+    return {t.meta["rollout"]: list(t.y) for t in fig.data} == {
+        i: list(record.ig[i, :int(record.num_tool_turns[i])]) for i in range(len(record.questions))
+        if record.num_tool_turns[i] > 0}
+
+
+def test_dashboard_stores_records_and_redraws_throttled(run):
+    clock = FakeClock()
+    trainer = FakeTrainer(run)
+    dash = Dashboard(trainer, update_interval=0.5, background=False, clock=clock)
+    assert trainer.callbacks == [dash] and not dash.pause_button.disabled
+    trainer.emit("on_train_begin")
+    assert dash.maybe_refresh() and dash.draw_count == 1     # first redraw: nothing drawn before
+    for _ in range(3):
+        trainer.step()
+    assert len(dash.records) == 3 and dash.draw_count == 1   # the callback stores, it does not draw
+    clock.now += 0.2
+    assert not dash.maybe_refresh() and dash.draw_count == 1  # throttled
+    clock.now += 0.4
+    assert dash.maybe_refresh() and dash.draw_count == 2
+    assert not dash.maybe_refresh()                           # nothing new: no redraw
+    assert dash.step_slider.max == 2 and dash.step_slider.value == 2
+    assert ig_trace_rollouts(dash.record_figures["IG per rollout"], run[2])
+    reward = next(t for t in dash.history_figures["training curves"].data if t.meta["metric"] == "reward")
+    assert list(reward.y) == [r.metrics["reward"] for r in run[:3]]
+    assert "step 2 / 6" in dash.status.value
+
+
+def test_dashboard_throttle_stretches_after_a_slow_redraw(run):
+    clock = FakeClock()
+    trainer = FakeTrainer(run)
+    dash = Dashboard(trainer, update_interval=0.5, max_busy=0.1, background=False, clock=clock)
+    trainer.step()
+    clock.per_call = 0.3                     # this redraw takes 0.3 s ...
+    dash.refresh()
+    clock.per_call = 0.0
+    trainer.step()
+    clock.now += 1.0
+    assert not dash.maybe_refresh()          # ... so the next one waits 0.3 / 0.1 = 3 s, not 0.5 s
+    clock.now += 2.0
+    assert dash.maybe_refresh() and dash.draw_count == 2
+    with pytest.raises(ValueError, match="max_busy"):
+        Dashboard(max_busy=0.0)
+
+
+def test_dashboard_step_selector_and_lazy_tabs(run):
+    trainer = FakeTrainer(run)
+    dash = Dashboard(trainer, background=False)
+    for _ in range(4):
+        trainer.step()
+    dash.refresh()
+    dash.step_slider.value = 1
+    assert not dash.follow.value and ig_trace_rollouts(dash.record_figures["IG per rollout"], run[1])
+    assert dash.step_label.value.startswith("step 1")
+    heatmap = dash.record_figures["IG groups"]
+    assert len(heatmap.data) == 0                         # not drawn until its tab is opened
+    dash.record_tabs.selected_index = 1
+    z = [t for t in heatmap.data if t.type == "heatmap"][1].z
+    order = np.argsort(run[1].prompt_index, kind="stable")
+    width = int(run[1].num_tool_turns.max())
+    assert np.allclose(np.array(z, dtype=float), run[1].ig_norm[order, :width], equal_nan=True)
+    dash.record_tabs.selected_index = 5                  # the rollouts tab loads the inspector
+    assert dash.inspector.record is run[1]
+    # A new step does not move a slider the user moved back ...
+    trainer.step()
+    dash.refresh()
+    assert dash.step_slider.value == 1 and dash.step_slider.max == 4
+    # ... until "follow latest" is ticked again.
+    dash.follow.value = True
+    assert dash.step_slider.value == 4 and dash.inspector.record is run[4]
+
+
+def test_dashboard_buttons_call_the_trainer(run):
+    trainer = FakeTrainer(run)
+    dash = Dashboard(trainer, background=False)
+    dash.pause_button.click()
+    assert trainer.calls == ["pause"] and "paused" in dash.status.value
+    dash.resume_button.click()
+    dash.stop_button.click()
+    assert trainer.calls == ["pause", "resume", "stop"] and "stopping" in dash.status.value
+
+
+def test_dashboard_keeps_at_most_max_records(run):
+    trainer = FakeTrainer(run)
+    dash = Dashboard(trainer, max_records=2, background=False)
+    trainer.train()
+    assert [r.step for r in dash.records] == [4, 5]
+    assert dash.step_slider.max == 1 and "finished" in dash.status.value
+
+
+def test_dashboard_with_a_background_trainer(run):
+    """Training runs on another thread with the refresher thread on; the end of training draws the last step."""
+    trainer = FakeTrainer(run)
+    dash = Dashboard(trainer, update_interval=0.0, background=True)
+    trainer.train_in_background().join()
+    assert dash._refresher is not None
+    dash._refresher.join()
+    assert dash._error == "" and ig_trace_rollouts(dash.record_figures["IG per rollout"], run[-1])
+    em = next(t for t in dash.history_figures["training curves"].data if t.meta["metric"] == "eval/em")
+    assert list(em.y) == [r.metrics["eval/em"] for r in run if "eval/em" in r.metrics]
+
+
+def test_dashboard_attach_imports_kept_records(run):
+    trainer = FakeTrainer(run)
+    for _ in range(3):
+        trainer.step()
+    dash = Dashboard(background=False)
+    assert dash.pause_button.disabled
+    dash.attach(trainer)
+    assert [r.step for r in dash.records] == [0, 1, 2] and dash.step_slider.max == 2
+    with pytest.raises(TypeError, match="add_callback"):
+        dash.attach(object())
+
+
+def test_dashboard_from_records_and_static_html(run):
+    dash = Dashboard.from_records(run)
+    assert dash.trainer is None and dash.step_slider.max == len(run) - 1
+    figures = dash.figures()
+    assert {"training curves", "clip fraction per turn"} <= set(figures)
+    assert f"IG groups (step {run[-1].step})" in figures
+    page = dash.to_html()
+    assert page.count("plotly-graph-div") == len(figures) and "offline" in page
+    bundle = dash._repr_mimebundle_()             # the live widget plus a static copy for saved notebooks
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/html"].count("plotly-graph-div") == len(figures)
+    with pytest.raises(ValueError, match="at least one StepRecord"):
+        Dashboard.from_records([])
