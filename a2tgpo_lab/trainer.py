@@ -51,13 +51,14 @@ class A2TGPOTrainer:
                  eval_examples: Optional[Sequence[QAExample]] = None,
                  tool: Optional[Callable[[str], str]] = None, callbacks: Sequence[Any] = (),
                  keep_records: int = 50):
-        from .models import load_model_and_tokenizer
+        from .models import check_reference_available, load_model_and_tokenizer
 
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         if model is None or tokenizer is None:
             model, tokenizer = load_model_and_tokenizer(cfg)
         self.model, self.tokenizer = model, tokenizer
+        check_reference_available(cfg, model)  # KL needs LoRA (reference = adapters off): fail before rolling out
         self.device = next(model.parameters()).device
         self.train_examples, self.eval_examples = _resolve_examples(cfg, train_examples, eval_examples)
         self.tool = tool if tool is not None else _resolve_tool(cfg)

@@ -6,7 +6,8 @@
    for rollout + update), without a dashboard vs with one whose refresher thread redraws every
    ``--interval`` seconds (this includes the redraws competing for the interpreter).
 
-    python benchmarks/bench_dashboard_overhead.py [--calls 20000] [--steps 100] [--repeats 3] [--step-ms 50] [--max-busy 0.1]
+    python benchmarks/bench_dashboard_overhead.py [--calls 20000] [--steps 100] [--repeats 3]
+                                                  [--step-ms 50] [--interval 0.5] [--max-busy 0.1]
 
 The records are synthetic (``a2tgpo_lab.viz.sample_run``); no model is loaded.
 """

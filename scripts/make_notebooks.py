@@ -548,10 +548,10 @@ def turn_group_normalization():
         md(r"""
         ## 6. Groups that differ only by noise
 
-        The opposite trap: a group whose IG values differ in the sixth decimal (two equally useless searches
+        The opposite trap: a group whose IG values differ in the fifth or sixth decimal (equally useless searches
         whose observations differ by one word) is stretched by the z-score to $O(1)$ advantages with opposite
-        signs. The $\varepsilon = 10^{-6}$ in the denominator damps it only when the spread is below about
-        $10^{-6}$. Three knobs:
+        signs. The $\varepsilon = 10^{-6}$ in the denominator damps it only while the spread is below about
+        $10^{-6}$ (0.016499 vs 0.016498 gives ±0.33; a spread of $10^{-5}$ already gives ±0.9). Three knobs:
 
         - `group_std_floor` (IG units): a group with $\sigma \le$ floor counts as constant ($\tilde I = 0$). Default
           0 (faithful to the paper); $10^{-3}$ removes noise-level groups while keeping real differences;
@@ -560,12 +560,14 @@ def turn_group_normalization():
         - `min_group_size`: groups smaller than this give 0.
         """),
         code("""
-        noisy = torch.tensor([[0.016499], [0.016498], [0.016499], [0.016498]])
         same_prompt = torch.zeros(4, dtype=torch.long)
-        for label, knobs in [("faithful (floor 0)", {}), ("group_std_floor=1e-3", dict(std_floor=1e-3)),
-                             ("ig_center_only=True", dict(center_only=True)), ("min_group_size=5", dict(min_group_size=5))]:
-            z, _, _, _ = lab.turn_group_normalize(noisy, same_prompt, **knobs)
-            print(f"{label:22s} Ĩ = {np.array2string(z.squeeze(1).numpy(), precision=7)}")
+        for values in ([0.016499, 0.016498, 0.016499, 0.016498], [0.01650, 0.01648, 0.01650, 0.01648]):
+            noisy = torch.tensor(values)[:, None]          # [B = 4, T = 1]: one prompt, one turn
+            print(f"IG {values}: std {noisy.std(unbiased=False):.1e}")
+            for label, knobs in [("faithful (floor 0)", {}), ("group_std_floor=1e-3", dict(std_floor=1e-3)),
+                                 ("ig_center_only=True", dict(center_only=True)), ("min_group_size=5", dict(min_group_size=5))]:
+                z, _, _, _ = lab.turn_group_normalize(noisy, same_prompt, **knobs)
+                print(f"  {label:22s} Ĩ = {np.array2string(z.squeeze(1).numpy(), precision=3)}")
 
         spreads = []
         for gid in np.unique(record.group_id[record.group_id >= 0]):

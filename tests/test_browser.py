@@ -78,7 +78,6 @@ def jupyter_lab(tmp_path):
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
                 time.sleep(0.25)
-        print("server up", time.monotonic(), flush=True)
         yield url
     finally:
         # The server and its kernel run in their own process group: end that group, by its id.
@@ -101,7 +100,6 @@ def test_views_render_and_respond_in_jupyterlab(jupyter_lab, tmp_path):
 
     shots = Path(os.environ.get("A2TGPO_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
-    print("test start", time.monotonic(), flush=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -117,36 +115,28 @@ def test_views_render_and_respond_in_jupyterlab(jupyter_lab, tmp_path):
 
 def drive_the_notebook(page, url: str, shots: Path) -> None:
     """Open the notebook, run all cells, check the widgets rendered, move a slider, take screenshots."""
-    T0=time.monotonic()
-    def L(m): print(f"{time.monotonic()-T0:6.1f} {m}", flush=True)
     page.goto(f"{url}/lab/tree/{NOTEBOOK.name}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=30_000)
     # The kernel (auto-started, see the fixture) reports idle in the status bar: the notebook is ready.
     page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=30_000)
-    L('page.keyboard.press("Control+b')
     page.keyboard.press("Control+b")                   # hide the file browser: more room for the outputs
 
-    L('# Run all cells')
     # Run all cells through the Run menu: the command runmenu:run-all.
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
 
-    L('# Widgets:')
     # Widgets: the clip explorer's sliders and figure, the dashboard's figures.
     page.wait_for_selector(".jp-OutputArea-output .widget-slider >> nth=4", timeout=45_000)
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=30_000)
-    L('assert page.locator(".jp-Outpu')
     assert page.locator(".jp-OutputArea-output .widget-slider").count() == 5   # 4 in the explorer, 1 step slider
     # Plotly draws asynchronously: wait for the explorer's curves (objective, unclipped, gradient; two panels).
     page.wait_for_function("document.querySelector('.js-plotly-plot').querySelectorAll('path.js-line').length >= 6",
                            timeout=30_000)
-    L('explorer_plot = page.locator')
     explorer_plot = page.locator(".js-plotly-plot").first
     before_paths = line_paths(explorer_plot)
     readout = page.locator(".widget-html", has_text="adaptive band").first
     before_readout = readout.inner_text()
 
-    L('# Move the')
     # Move the Ĩ slider with the keyboard: focus its handle and press End (its maximum, 4).
     slider = page.locator(".widget-slider", has=page.locator("label", has_text="Ĩ")).first
     slider.scroll_into_view_if_needed()
@@ -157,15 +147,23 @@ def drive_the_notebook(page, url: str, shots: Path) -> None:
     page.wait_for_function("([plot, old]) => Array.from(plot.querySelectorAll('path.js-line'), "
                            "p => p.getAttribute('d')).join() !== old.join()",
                            arg=[explorer_plot.element_handle(), before_paths], timeout=15_000)
-    L('assert "c = 1.2892"')
     assert "c = 1.2892" in readout.inner_text()        # Ĩ = 4: c = 1 + 0.3·tanh(2)
     assert line_paths(explorer_plot) != before_paths
     page.screenshot(path=str(shots / "clip_explorer.png"))
 
-    L('dashboard_plot = page')
     dashboard_plot = page.locator(".js-plotly-plot").nth(1)
     dashboard_plot.scroll_into_view_if_needed()
     page.wait_for_function("plot => plot.querySelectorAll('path.js-line').length >= 6",   # the training curves
                            arg=dashboard_plot.element_handle(), timeout=30_000)
-    L('page.screenshot(path=str(shots')
     page.screenshot(path=str(shots / "dashboard.png"))
+
+    # Record tabs are drawn when opened: the group heatmap, then the token-by-token rollout view.
+    page.locator(".lm-TabBar-tab", has_text="IG groups").click()
+    heatmap = page.locator(".js-plotly-plot .hm image").first
+    heatmap.wait_for(timeout=30_000)
+    heatmap.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "dashboard_groups.png"))
+    page.locator(".lm-TabBar-tab", has_text="rollouts").click()
+    page.wait_for_function("document.querySelectorAll('.a2tgpo-rollout span').length > 50", timeout=30_000)
+    page.locator(".a2tgpo-rollout").scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "dashboard_rollout.png"))

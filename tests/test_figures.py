@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -309,3 +310,31 @@ def test_static_output_without_a_frontend(tmp_path, record):
     assert path.read_text().startswith("<!DOCTYPE html>") and "clip band" in path.read_text()
     with pytest.raises(TypeError, match="plotly Figure"):
         show(42, path=tmp_path / "x.html")
+
+
+@pytest.mark.parametrize("name", ["grpo", "igpo", "a2tgpo_pooled", "a2tgpo_no_rescale"])
+def test_every_view_draws_records_of_every_preset(name):
+    """GRPO records have no IG at all, IGPO ones pooled groups: no view may break on them."""
+    import plotly.graph_objects as go
+
+    from a2tgpo_lab.viz.inspector import rollout_html
+
+    record = sample_step_record(seed=5, n_prompts=2, group_size=4, cfg=preset(name))
+    builders = (F.ig_per_rollout_figure, F.group_heatmap_figure, F.advantage_depth_figure, F.clip_range_figure,
+                F.ratio_figure, F.pooled_vs_turn_group_figure)
+    for build in builders:
+        assert isinstance(build(record), go.Figure)
+    assert "rollout 0" in rollout_html(record, 0)
+    title = F.group_heatmap_figure(record).layout.annotations[1].text
+    assert ("pooled" in title) == (name in ("igpo", "a2tgpo_pooled"))
+
+
+def test_importing_the_views_stays_light():
+    """``import a2tgpo_lab.viz`` must not pull in plotly or ipywidgets (they load on first use)."""
+    import subprocess
+    import sys
+
+    code = "import sys, a2tgpo_lab.viz; print('plotly' in sys.modules, 'ipywidgets' in sys.modules)"
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    assert out.stdout.split() == ["False", "False"]

@@ -18,7 +18,7 @@ from a2tgpo_lab.envs.qa import QAExample
 from a2tgpo_lab.logprobs import token_logprobs
 from a2tgpo_lab.protocol import SYSTEM_PROMPT, format_answer, format_observation
 from a2tgpo_lab.rewards import outcome_reward
-from a2tgpo_lab.rollout import generate_rollouts, stop_token_ids
+from a2tgpo_lab.rollout import generate_rollouts, sample_next_tokens, stop_token_ids
 from a2tgpo_lab.tiny import IM_END, build_tiny_qwen, build_word_tokenizer
 
 QUERY_WORDS = ["Velmora", "Quillan", "Tarsk", "Brevik"]
@@ -325,6 +325,18 @@ def test_on_the_bundled_search_tool():
     check_structure(traj, tokenizer, cfg, examples, tool=tool)
     assert (traj.num_tool_turns == 2).all()
     assert all("<information>" in obs for row in traj.observations for obs in row)
+
+
+def test_nucleus_sampling_keeps_the_smallest_likely_set():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(4000, 1)
+    generator = torch.Generator().manual_seed(0)
+    for top_p, support in ((1.0, {0, 1, 2, 3}), (0.7, {0, 1}), (0.85, {0, 1, 2}), (0.5, {0})):
+        drawn = sample_next_tokens(logits, 1.0, top_p, greedy=False, generator=generator)
+        assert set(drawn.tolist()) == support, top_p
+    kept = sample_next_tokens(logits, 1.0, 0.7, greedy=False, generator=generator).float().mean().item()
+    assert kept == pytest.approx(0.3 / 0.8, abs=0.03)  # renormalized: P(token 1) = 0.3 / (0.5 + 0.3)
+    assert sample_next_tokens(logits[:2], 1.0, 1.0, greedy=True, generator=None).tolist() == [0, 0]
 
 
 def test_missing_chat_template_is_a_clear_error(model, tokenizer):

@@ -225,6 +225,11 @@ def test_dashboard_stores_records_and_redraws_throttled(run):
     reward = next(t for t in dash.history_figures["training curves"].data if t.meta["metric"] == "reward")
     assert list(reward.y) == [r.metrics["reward"] for r in run[:3]]
     assert "step 2 / 6" in dash.status.value
+    clip = dash.history_figures["clip fraction per turn"]
+    assert len(clip.data) == 0                            # a hidden tab is drawn when opened
+    dash.history_tabs.selected_index = 1
+    assert [list(t.y) for t in clip.data if t.meta["metric"] == "clip_ratio/region_mean"] == [
+        [r.metrics["clip_ratio/region_mean"] for r in run[:3]]]
 
 
 def test_dashboard_throttle_stretches_after_a_slow_redraw(run):
@@ -326,3 +331,32 @@ def test_dashboard_from_records_and_static_html(run):
     assert bundle["text/html"].count("plotly-graph-div") == len(figures)
     with pytest.raises(ValueError, match="at least one StepRecord"):
         Dashboard.from_records([])
+
+
+def test_show_writes_any_view_as_static_html(tmp_path, record):
+    from a2tgpo_lab.viz.static import show
+
+    page = show(RolloutInspector(record, rollout=3), path=tmp_path / "inspector.html").read_text()
+    assert "rollout 3" in page and page.count("<span title=") == len(record.tokens[3])
+    explorer_page = show(ClipExplorer(), path=tmp_path / "explorer.html").read_text()
+    assert explorer_page.count("plotly-graph-div") == 1 and "cdn.plot.ly" in explorer_page
+
+
+def test_show_in_ipython_sends_plotly_json_with_an_html_fallback(record):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from a2tgpo_lab.viz.clip_figures import clip_range_figure
+    from a2tgpo_lab.viz.static import PLOTLY_MIME, show
+
+    InteractiveShell.instance()
+    try:
+        with capture_output() as captured:
+            assert show(clip_range_figure(record)) is None
+            show(RolloutInspector(record))
+    finally:
+        InteractiveShell.clear_instance()
+    figure_output, inspector_output = captured.outputs
+    assert figure_output.data[PLOTLY_MIME]["data"][0]["type"] == "bar"
+    assert "plotly-graph-div" in figure_output.data["text/html"]
+    assert "rollout 0" in inspector_output.data["text/html"]

@@ -156,7 +156,8 @@ class ClipExplorer(StaticFallback):
             self.eps_low.value = float(cfg.get("epsilon", self.eps_low.value))
             self.eps_high.value = float(cfg.get("epsilon_high", self.eps_high.value))
             self.rollout.options = [(f"{i}: prompt {int(record.prompt_index[i])}, reward "
-                                     f"{float(record.outcome_reward[i]):+.0f}", i) for i in range(len(record.questions))]
+                                     f"{float(record.outcome_reward[i]):+.0f}", i)
+                                    for i in range(len(record.questions))]
             self.rollout.value = 0
             self._show_rollout(0)     # the value may already have been 0, then no change event fires
 

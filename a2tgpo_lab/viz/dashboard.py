@@ -9,13 +9,14 @@ Works with any trainer-like object that has ``add_callback(cb)``; it uses ``paus
 (kept StepRecords, imported when attaching mid-run) when present. Callbacks it answers:
 ``on_train_begin``, ``on_step_end(trainer, record)``, ``on_evaluate``, ``on_train_end``.
 
-Why it cannot slow training down: ``on_step_end`` runs on the training thread and only appends the
-record to a list (under a lock held for that append) and marks the view dirty. A separate refresher
-thread redraws at most once every ``update_interval`` seconds, building each figure with the pure
-builders and copying it into a FigureWidget created once (one ``batch_update`` each). Only the
-visible tab is drawn; the others are drawn when opened. A redraw is Python work that competes with
-training for the interpreter, so the refresher also waits ``last redraw time / max_busy`` between
-redraws (at most ``MAX_GAP_S``): it takes no more than about ``max_busy`` of the time. ``Dashboard.from_records(records)`` shows
+How it keeps out of training's way: ``on_step_end`` runs on the training thread and only appends
+the record to a list (under a lock held for that append) and marks the view dirty. A separate
+refresher thread redraws at most once every ``update_interval`` seconds, building each figure with
+the pure builders and copying it into a FigureWidget created once (one ``batch_update`` each). Only
+the visible tab is drawn; the others are drawn when opened. A redraw is Python work that competes
+with training for the interpreter, so the refresher also waits ``last redraw time / max_busy``
+between redraws (at most ``MAX_GAP_S``): it takes about ``max_busy`` of the time at most
+(``benchmarks/bench_dashboard_overhead.py`` measures it). ``Dashboard.from_records(records)`` shows
 saved records offline, with no trainer and no thread.
 """
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Dashboard(StaticFallback):
         self.step_slider.observe(self._on_slider, names="value")
         self.follow.observe(self._on_follow, names="value")
         self.record_tabs.observe(lambda _: self._draw_selected(), names="selected_index")
+        self.history_tabs.observe(lambda _: self._draw_history(), names="selected_index")
         self._update_status()
         if trainer is not None:
             self.attach(trainer)
@@ -207,18 +209,13 @@ class Dashboard(StaticFallback):
         return False
 
     def refresh(self) -> None:
-        """Redraw now: training curves, the step slider, the visible tab of the selected step, the status."""
+        """Redraw now: the visible history tab, the step slider, the visible tab of the selected step, the
+        status line."""
         with self._draw_lock:
             self._dirty = False
             self._last_draw = self._clock()
             self.draw_count += 1
-            history = self.history()
-            shown = self.history_tabs.selected_index or 0
-            name = list(self.history_figures)[shown]
-            sync_figure(self.history_figures[name], HISTORY_VIEWS[name](history))
-            for other, figure in self.history_figures.items():
-                if other != name and (len(figure.data) == 0 or self.draw_count % 4 == 0):
-                    sync_figure(figure, HISTORY_VIEWS[other](history))
+            self._draw_history()
             with self._records_lock:
                 count = len(self.records)
                 steps = [record.step for record in self.records]
@@ -235,6 +232,12 @@ class Dashboard(StaticFallback):
                 self._draw_selected()
             self._update_status()
             self._last_draw_seconds = self._clock() - self._last_draw
+
+    def _draw_history(self) -> None:
+        """Draw the visible history tab (a hidden one is drawn when it is opened)."""
+        with self._draw_lock:
+            name = list(HISTORY_VIEWS)[self.history_tabs.selected_index or 0]
+            sync_figure(self.history_figures[name], HISTORY_VIEWS[name](self.history()))
 
     def selected_record(self) -> Any:
         """The StepRecord the step slider points at (None before the first step)."""

@@ -59,7 +59,7 @@ def _turn_table(record, i: int) -> str:
                       "max_turns": f"search past the turn cap, not run: {query}"}.get(record.end_reason[i],
                                                                                      record.end_reason[i])
         cells = [f"<b style='color:{turn_color(k)}'>{k}</b>", html.escape(action),
-                 _fmt(record.p[i, k]) if tool and k < record.p.shape[1] else "–",
+                 f"{float(record.p[i, k]):.3f}" if tool and math.isfinite(record.p[i, k]) else "–",
                  _fmt(record.ig[i, j], 4) if tool else "–", _fmt(record.ig_norm[i, j]) if tool else "–",
                  str(int(record.group_size[i, j])) if tool else "–",
                  _fmt(record.advantages[i, j]) if j < record.advantages.shape[1] else "–",

@@ -4,8 +4,10 @@ CI, a plain Python script).
 - :func:`show` displays a figure (or a view) as a static output: plotly's JSON (drawn by JupyterLab's
   plotly extension) with an HTML fallback for other frontends; outside IPython it writes an HTML file.
 - :class:`StaticFallback` is mixed into the widget views: displaying one sends the live widget *and*
-  a static HTML copy in the same output, so a notebook saved without widget state still shows the
-  figures.
+  a static HTML copy in the same output. Frontends without a live kernel that fall back to HTML
+  (nbconvert, VS Code, notebook viewers) then show the figures. JupyterLab itself always picks the
+  widget and, once the kernel is gone, says "model not found": for an output that survives there,
+  display ``show(view)`` (or ``show(fig)``) instead of the live view.
 """
 from __future__ import annotations
 
@@ -49,23 +51,37 @@ def figures_html(figures: dict, title: str = "") -> str:
     return "\n".join(parts)
 
 
+def _parts(view) -> list:
+    """What ``view`` shows, in order: HTML strings and plain figures."""
+    if hasattr(view, "to_plotly_json"):
+        return [_as_figure(view)]
+    if hasattr(view, "figures") and hasattr(view, "extra_html"):
+        extra = view.extra_html()
+        return ([extra] if extra else []) + list(view.figures().values())
+    raise TypeError(f"show() takes a plotly Figure / FigureWidget or a view (Dashboard, ClipExplorer, "
+                    f"RolloutInspector); got {type(view).__name__}.")
+
+
 def show(view, path: Optional[str | Path] = None) -> Optional[Path]:
-    """Display ``view`` — a plotly figure, or a view with ``to_html()`` — without needing widgets.
+    """Display ``view`` — a plotly figure, or a view — as static output, without needing widgets.
 
-    In IPython/Jupyter: a static output (plotly JSON + HTML fallback for a figure; HTML for a view).
-    Elsewhere, or when ``path`` is given: a standalone HTML file is written; its path is returned.
+    In IPython/Jupyter each figure goes out as plotly's JSON (drawn offline by JupyterLab's plotly
+    extension, kept when the notebook is saved) with an HTML fallback for other frontends; a view's
+    other HTML (e.g. the inspector's tokens) as HTML. Elsewhere, or when ``path`` is given, one
+    standalone HTML file is written and its path returned.
     """
-    if hasattr(view, "to_html") and not hasattr(view, "to_plotly_json"):
-        body, bundle = view.to_html(), None
-    else:
-        fig = _as_figure(view)
-        body = figure_html(fig)
-        bundle = {PLOTLY_MIME: fig.to_plotly_json(), "text/html": body}
+    parts = _parts(view)
     if path is None and _in_ipython():
-        from IPython.display import display
+        from IPython.display import HTML, display
 
-        display(bundle if bundle is not None else {"text/html": body}, raw=True)
+        for part in parts:
+            if isinstance(part, str):
+                display(HTML(part))
+            else:
+                display({PLOTLY_MIME: part.to_plotly_json(), "text/html": figure_html(part)}, raw=True)
         return None
+    body = "\n".join(part if isinstance(part, str) else figure_html(part, "cdn" if n == 0 else False)
+                     for n, part in enumerate(parts))
     target = Path(path) if path is not None else Path(tempfile.mkstemp(prefix="a2tgpo_view_", suffix=".html")[1])
     target.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{body}</body></html>")
     return target
