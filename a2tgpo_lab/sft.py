@@ -13,13 +13,21 @@ The demonstrations are deliberately imperfect, to leave headroom for RL: with pr
 question after its first search, a two-part or comparison question after one of its two searches).
 The warm-started model then usually shortcuts when decoding greedily, but sampling still takes the
 full path some of the time, which is exactly what GRPO / A²TGPO can reinforce.
+
+Entity renaming (``rename_rate``): a tiny model trained on a few hundred questions memorises their
+names instead of learning to copy a name from the question or the search result, and a name it
+never had to output gets a very low probability. So, with probability ``rename_rate``, every entity
+of a demonstration (question, queries, observations, answer) is consistently replaced by another
+entity of the same kind, drawn from the whole world: the chat stays self-consistent but its facts
+are fictional, so it teaches copying and cannot teach the true facts of the RL / evaluation
+questions.
 """
 from __future__ import annotations
 
 import math
 import random
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from .envs.qa import QAExample
 from .protocol import ANSWER_PART_SEPARATOR, SYSTEM_PROMPT, format_answer, format_search
@@ -35,7 +43,9 @@ def bundled_model_dir() -> Path:
 
 
 def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str], rng: random.Random,
-                        shortcut_rate: float = 0.7, system_prompt: str = SYSTEM_PROMPT) -> list[Messages]:
+                        shortcut_rate: float = 0.7, rename_rate: float = 0.0,
+                        entities: Optional[Mapping[str, Sequence[str]]] = None,
+                        system_prompt: str = SYSTEM_PROMPT) -> list[Messages]:
     """One chat (list of ``{"role", "content"}``) per example, following ``meta["queries"]`` with ``tool``.
 
     Each search turn issues the next careful query and is followed by the tool's observation; the
@@ -43,9 +53,16 @@ def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str
     probability ``shortcut_rate`` an example needing two or more searches stops after a random
     number of them (at least one, fewer than all) and answers a guess drawn from the answers of
     same-type examples, keeping whatever the searches already revealed.
+
+    With probability ``rename_rate`` the chat's entities are renamed (see the module docstring);
+    ``entities`` maps each kind (e.g. ``"people"``) to every name of that kind.
     """
-    if not 0.0 <= shortcut_rate <= 1.0:
-        raise ValueError(f"make_demonstrations: shortcut_rate={shortcut_rate!r} must be in [0, 1].")
+    for name, rate in (("shortcut_rate", shortcut_rate), ("rename_rate", rename_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"make_demonstrations: {name}={rate!r} must be in [0, 1].")
+    if rename_rate > 0 and not entities:
+        raise ValueError("make_demonstrations: rename_rate > 0 needs entities={kind: [names]} to draw new names from.")
+    kind_of = {name: kind for kind, names in (entities or {}).items() for name in names}
     pools = _answer_pools(examples)
     demonstrations = []
     for example in examples:
@@ -60,10 +77,28 @@ def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str
         for query in queries[:searches]:
             messages.append({"role": "assistant", "content": format_search(query)})
             messages.append({"role": "user", "content": tool(query)})
-        answer = example.answers[0] if searches == len(queries) else _guess(example, searches, pools, rng)
+        answer = example.answers[0] if searches == len(queries) else _guess(example, pools, rng)
         messages.append({"role": "assistant", "content": format_answer(answer)})
+        if rng.random() < rename_rate:
+            messages = _renamed(messages, kind_of, entities, rng)
         demonstrations.append(messages)
     return demonstrations
+
+
+def _renamed(messages: Messages, kind_of: Mapping[str, str], entities: Mapping[str, Sequence[str]],
+             rng: random.Random) -> Messages:
+    """The chat with each entity word replaced by a distinct random entity of the same kind (a bijection)."""
+    mentioned: dict[str, list[str]] = {}
+    for message in messages[1:]:
+        for word in message["content"].split():
+            if word in kind_of and word not in mentioned.setdefault(kind_of[word], []):
+                mentioned[kind_of[word]].append(word)
+    mapping = {}
+    for kind, names in mentioned.items():
+        mapping.update(zip(names, rng.sample(list(entities[kind]), len(names))))
+    return [m if m["role"] == "system" else
+            {"role": m["role"], "content": " ".join(mapping.get(w, w) for w in m["content"].split())}
+            for m in messages]
 
 
 def _answer_pools(examples: Sequence[QAExample]) -> dict[str, list[str]]:
@@ -75,8 +110,8 @@ def _answer_pools(examples: Sequence[QAExample]) -> dict[str, list[str]]:
     return {qtype: sorted(parts) for qtype, parts in pools.items()}
 
 
-def _guess(example: QAExample, searches: int, pools: dict[str, list[str]], rng: random.Random) -> str:
-    """A plausible-looking answer after only ``searches`` lookups (possibly right by luck)."""
+def _guess(example: QAExample, pools: dict[str, list[str]], rng: random.Random) -> str:
+    """A plausible-looking answer after too few lookups (possibly right by luck)."""
     if example.qtype == "multi_part":
         # The first search revealed the first founder; the second is a guess.
         known = example.meta["steps"][0][2]

@@ -48,6 +48,7 @@ def test_sample_is_deterministic_and_consistent(record):
                                                               record.turn_ids[i], record.ratio[i], record.clipped[i],
                                                               record.token_advantage[i]))}
         assert len(lengths) == 1
+        assert len(record.tool_calls[i]) == len(record.turn_texts[i])     # the query, or None, per turn
         mask = record.loss_mask[i]
         assert (record.turn_ids[i][mask] >= 1).all() and (record.turn_ids[i][~mask] == 0).all()
         assert np.isnan(record.ratio[i][~mask]).all() and np.isfinite(record.ratio[i][mask]).all()

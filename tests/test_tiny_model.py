@@ -74,6 +74,29 @@ def test_demonstrations_follow_the_queries_and_shortcut_only_multi_hop(tool):
         make_demonstrations(examples, tool, random.Random(0), shortcut_rate=1.5)
 
 
+def test_renamed_demonstrations_stay_self_consistent(tool):
+    from a2tgpo_lab.envs.world import generate_world
+
+    world = generate_world(0)
+    entities = {"companies": world.companies, "people": world.people, "cities": world.cities,
+                "countries": world.countries}
+    examples = [e for e in load_split("sft")[:40] if e.qtype in ("founder", "birthplace", "chain2", "chain3")]
+    plain = make_demonstrations(examples, tool, random.Random(0), shortcut_rate=0.0)
+    renamed = make_demonstrations(examples, tool, random.Random(0), shortcut_rate=0.0, rename_rate=1.0,
+                                  entities=entities)
+    for before, after in zip(plain, renamed):
+        assert before[0] == after[0] and len(before) == len(after)
+        assert before[1]["content"] != after[1]["content"]
+        # Same template words; the answer is still the object of the last observation's first document.
+        for old, new in zip(before[1:], after[1:]):
+            assert [w for w in old["content"].split() if w[0].islower()] == \
+                   [w for w in new["content"].split() if w[0].islower()]
+        last_fact = after[-2]["content"].split(" . ")[0].split()[-1]
+        assert after[-1]["content"] == format_answer(last_fact)
+    with pytest.raises(ValueError, match="entities"):
+        make_demonstrations(examples, tool, random.Random(0), rename_rate=0.5)
+
+
 def test_only_assistant_turns_are_trained(shipped, tool):
     _, tokenizer = shipped
     chat = make_demonstrations(load_split("sft")[:1], tool, random.Random(0), shortcut_rate=0.0)[0]

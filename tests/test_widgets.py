@@ -360,3 +360,30 @@ def test_show_in_ipython_sends_plotly_json_with_an_html_fallback(record):
     assert figure_output.data[PLOTLY_MIME]["data"][0]["type"] == "bar"
     assert "plotly-graph-div" in figure_output.data["text/html"]
     assert "rollout 0" in inspector_output.data["text/html"]
+
+
+def test_dashboard_on_the_real_trainer(tmp_path):
+    """The duck-typed contract against A2TGPOTrainer itself (a random 2-layer model, 2 steps + an eval)."""
+    from a2tgpo_lab import preset
+    from a2tgpo_lab.envs.search import bundled_search_tool
+    from a2tgpo_lab.envs.world import load_split
+    from a2tgpo_lab.tiny import build_tiny_qwen, build_word_tokenizer
+    from a2tgpo_lab.trainer import A2TGPOTrainer
+    from a2tgpo_lab.viz.dashboard import RECORD_VIEWS
+
+    train, dev = load_split("train")[:8], load_split("dev")[:2]
+    tokenizer = build_word_tokenizer([e.question + " " + " ".join(e.answers) for e in train + dev])
+    model = build_tiny_qwen(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+    cfg = preset("a2tgpo", max_steps=2, num_prompts_per_step=2, num_generations=2, max_turns=2, eval_steps=1,
+                 eval_num_prompts=2, save_steps=100, max_new_tokens_per_turn=6, output_dir=str(tmp_path), seed=0)
+    trainer = A2TGPOTrainer(cfg, model=model, tokenizer=tokenizer, train_examples=train, eval_examples=dev,
+                            tool=bundled_search_tool(topk=1))
+    dash = Dashboard(trainer, update_interval=0.0)
+    trainer.train_in_background().join()
+    assert dash._error == "" and [r.step for r in dash.records] == [0, 1] and "finished" in dash.status.value
+    assert ig_trace_rollouts(dash.record_figures["IG per rollout"], trainer.records[-1])
+    em = next(t for t in dash.history_figures["training curves"].data if t.meta["metric"] == "eval/em")
+    assert len(em.y) == 1                                  # the evaluation after step 0, merged into the history
+    for index, name in enumerate([*RECORD_VIEWS, "rollouts"]):
+        dash.record_tabs.selected_index = index            # every tab draws a real record
+    assert dash.inspector.record is trainer.records[-1] and dash._error == ""

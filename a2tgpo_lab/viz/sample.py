@@ -44,7 +44,7 @@ class _Rollout:
     """One scripted rollout: its assistant turns, observations, and the probe probabilities."""
 
     turn_texts: list[str] = field(default_factory=list)
-    tool_calls: list[Optional[str]] = field(default_factory=list)
+    tool_calls: list[Optional[str]] = field(default_factory=list)     # the query, or None, per turn
     observations: list[str] = field(default_factory=list)
     p: list[float] = field(default_factory=list)
     final_answer: Optional[str] = None
@@ -77,12 +77,14 @@ def _simulate(rng: np.random.Generator, company: str, founder: str, city: str, m
     for turn in range(1, max_turns + 1):
         if rng.random() < 0.015:                                 # a broken turn ends the rollout
             out.turn_texts.append(f"<search> {company} founded")
+            out.tool_calls.append(None)
             out.end_reason = "malformed"
             return out
         gives_up = knows == "wrong" and rng.random() < 0.4
         if knows == "birthplace" or gives_up or (knows == "founder" and rng.random() > skill + 0.2):
             guess = city if knows == "birthplace" and rng.random() < 0.95 else str(rng.choice(CITIES))
             out.turn_texts.append(format_answer(guess))
+            out.tool_calls.append(None)
             out.final_answer = guess
             return out
         if knows == "nothing":
