@@ -341,6 +341,7 @@ class A2TGPOTrainer:
         examples = list(examples if examples is not None else self.eval_examples[: self.cfg.eval_num_prompts])
         metrics = evaluate_agent(self.model, self.tokenizer, examples, self.tool, self.cfg, progress=progress)
         metrics["step"] = float(self.global_step)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.history and self.history[-1].get("step") == float(self.global_step - 1):
             self.history[-1].update(metrics)
         else:

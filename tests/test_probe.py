@@ -28,7 +28,8 @@ def setup():
 
 def test_rollouts_cover_several_depths(setup):
     _, _, traj, _ = setup
-    assert {0, 1, 2, 3} <= set(traj.num_tool_turns.tolist())
+    depths = set(traj.num_tool_turns.tolist())
+    assert 0 in depths and len(depths) >= 3
     assert len({len(a[0].split()) for a in traj.answers}) == 2  # one- and two-token gold answers
 
 
