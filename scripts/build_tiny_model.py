@@ -1,13 +1,15 @@
 """Build the bundled tiny model (data/tiny_model/): word-level tokenizer, Qwen3 from a config, SFT warm start.
 
-    python scripts/build_tiny_model.py            # ≈ 5 minutes on 2 CPU cores, then writes data/tiny_model/
+    python scripts/build_tiny_model.py            # ≈ 20-25 minutes on one CPU thread, then writes data/tiny_model/
 
 Steps: (1) a word-level tokenizer over the bundled corpus, every question and answer, and the
 protocol words; (2) a randomly initialised Qwen3 (hidden 128, 4 layers); (3) supervised warm start on
-demonstrations of the ``sft`` split (disjoint from the RL and evaluation questions), 70 % of multi-hop
-demonstrations shortcutting to a guess and 75 % with renamed entities; (4) greedy evaluation on ``dev`` and a T = 1 sampling check;
+demonstrations built from the ``sft`` split's questions, 70 % of multi-hop demonstrations shortcutting to a
+guess, every entity renamed (copying a name from the context only "clicks" after ~1500 steps; without
+renaming the model memorises the sft names instead); (4) greedy evaluation on ``dev`` and a T = 1 sampling check;
 (5) ``save_pretrained`` (safetensors) with the tokenizer and a model card holding the measured numbers.
-Seeded: the same arguments give the same model on the same machine.
+Seeded, and single-threaded by default (``--threads 1``) so that the same arguments give the same model on
+the same machine.
 """
 from __future__ import annotations
 
@@ -85,14 +87,15 @@ room for RL to improve.
   question and answer of every split, and the protocol words.
 - Model: `a2tgpo_lab.tiny.build_tiny_qwen(tokenizer, hidden_size={hidden}, num_layers={layers}, seed={seed})`.
 - Supervised warm start (`a2tgpo_lab.sft`): {n_demos:,} demonstrations ({repeats} per question of the `sft` split,
-  which asks about different companies and people than `train` / `dev` / `test`), loss on assistant tokens
-  only; {steps} steps, batch {batch_size}, AdamW lr {lr:g} with {warmup} warm-up steps and cosine decay; final
-  loss {final_loss:.3f}; {minutes:.1f} minutes on this machine's CPU.
+  whose questions ask about other companies and people than `train` / `dev` / `test`), loss on assistant
+  tokens only; {steps} steps, batch {batch_size}, AdamW lr {lr:g} with {warmup} warm-up steps and cosine decay; final
+  loss {final_loss:.3f}; {minutes:.1f} minutes on one CPU thread.
 - Deliberate imperfection for RL headroom: with probability {shortcut_rate:g} a multi-hop demonstration stops
   after one search (or two, for the 3-hop type) and answers a guess.
 - Entity renaming: {rename_rate:.0%} of the demonstrations have every entity consistently replaced by a random
-  entity of the same kind (fictional but self-consistent chats), so the model learns to copy names from its
-  context instead of memorising the `sft` facts.
+  entity of the same kind (fictional but self-consistent chats), so the model learns to copy names from the
+  question and the search results instead of memorising facts; it never sees the true facts behind the
+  `train` / `dev` / `test` questions. The loss plateaus near 0.8 until copying "clicks" (≈ step 1300-1600).
 
 ## Measured (greedy, `dev` split, {n_dev} questions, max 4 turns)
 
@@ -111,27 +114,30 @@ dev questions that greedy decoding gets wrong: the full search path is still in 
 {example}
 ```
 
-Rebuild: `python scripts/build_tiny_model.py` (seeded; about {minutes:.0f} minutes on 2 CPU cores).
+Rebuild: `python scripts/build_tiny_model.py` (seeded, one thread; about {minutes:.0f} minutes).
 """
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "data" / "tiny_model")
-    parser.add_argument("--steps", type=int, default=750)
+    parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup_steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=4, help="demonstrations per sft question (fresh shortcut draws)")
+    parser.add_argument("--repeats", type=int, default=8, help="demonstrations per sft question (fresh shortcut draws)")
     parser.add_argument("--shortcut_rate", type=float, default=0.7)
-    parser.add_argument("--rename_rate", type=float, default=0.75, help="share of demonstrations with renamed entities")
+    parser.add_argument("--rename_rate", type=float, default=1.0, help="share of demonstrations with renamed entities")
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_questions", type=int, default=300, help="dev questions to evaluate (0 = skip)")
     parser.add_argument("--samples", type=int, default=4, help="T=1 tries per greedy multi-hop miss")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default; 1 is reproducible)")
     args = parser.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tool = bundled_search_tool(topk=2)
     tokenizer = build_tokenizer()

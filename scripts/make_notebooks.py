@@ -105,7 +105,7 @@ def quickstart():
         """),
         code("""
         train_questions, dev_questions = lab.load_split("train"), lab.load_split("dev")
-        example = next(q for q in train_questions if q.hops == 2)
+        example = next(q for q in train_questions if q.qtype == "chain2")
         print(f"{len(train_questions)} train / {len(dev_questions)} dev questions; e.g. ({example.qtype}, {example.hops} hops):")
         print("  question:", example.question)
         print("  gold answers:", example.answers)
@@ -284,12 +284,24 @@ def information_gain():
             print(f"{'':11s}final answer: {traj.final_answer[b]!r} (gold {traj.answers[b][0]!r}), reward {float(traj.outcome_reward[b]):+.0f}")
         """),
         md(r"""
-        Read the table with the world in mind: before any search the model can only spread its probability
-        over the sixty cities (or the thousand people), so $p_0$ is small. The first search of a 2-hop
-        question finds the founder, which barely helps with the *birthplace* (small IG); the second search
-        finds the birthplace and $p$ jumps towards 1 (large IG). A search for the wrong person *lowers* $p$:
-        negative IG, a precise per-turn penalty that an outcome reward could only give to the whole rollout.
-
+        Read the table with the world in mind. Before any search the model barely knows what *kind* of answer
+        is wanted, so $p_0$ is tiny. A search can raise $p$ in two ways: by telling the model the answer's type
+        (a country, a city: the probability spreads over a few dozen candidates) or by retrieving the answer
+        itself, which the model can copy into its answer ($p$ jumps towards 1 when it does). A search for the
+        wrong entity can *lower* $p$: a negative IG, a per-turn penalty where an outcome reward could only blame
+        the whole rollout. Split by whether the turn's observation contains the gold answer:
+        """),
+        code("""
+        with_answer, without_answer = [], []
+        for b in range(traj.batch_size):
+            for k in range(1, int(traj.num_tool_turns[b]) + 1):
+                found = traj.answers[b][0] in traj.observations[b][k - 1].split()
+                (with_answer if found else without_answer).append(float(ig[b, k - 1]))
+        for label, gains in (("observation contains the gold answer", with_answer), ("it does not", without_answer)):
+            summary = f"mean IG {np.mean(gains):+.4f}, largest {np.max(gains):+.4f}" if gains else "none in this batch"
+            print(f"{label:38s} {len(gains):3d} turns: {summary}")
+        """),
+        md(r"""
         ## 3. The same numbers inside a training step
 
         The trainer runs exactly these calls in every step (`generate_rollouts` → `score_probes` →
@@ -315,7 +327,8 @@ def information_gain():
         import ipywidgets as widgets
 
 
-        def transcript(i: int) -> None:
+        def transcript(i: int) -> str:
+            \"\"\"Rollout i's turns with p_t and IG_t, as an HTML table.\"\"\"
             rows = [f"<tr><td>0</td><td><i>question</i>: {html.escape(record.questions[i])}</td><td></td>"
                     f"<td>{record.p[i, 0]:.4f}</td><td></td></tr>"]
             for k, text in enumerate(record.turn_texts[i], start=1):
@@ -326,17 +339,20 @@ def information_gain():
                 rows.append(f"<tr><td>{k}</td><td><code>{html.escape(text)}</code></td><td style='font-size:11px'>{seen}</td>"
                             f"<td>{p_k}</td><td>{gain}</td></tr>")
             head = "<tr><th>t</th><th>assistant turn</th><th>observation</th><th>p_t</th><th>IG_t</th></tr>"
-            gold = html.escape(record.answers[i][0])
-            display(HTML(f"<p>gold <b>{gold}</b>, reward {record.outcome_reward[i]:+.0f}, {record.end_reason[i]}</p>"
-                         f"<table>{head}{''.join(rows)}</table>"))
+            return (f"<p>gold <b>{html.escape(record.answers[i][0])}</b>, reward {record.outcome_reward[i]:+.0f}, "
+                    f"{record.end_reason[i]}</p><table>{head}{''.join(rows)}</table>")
 
 
         deepest = int(np.argmax(record.num_tool_turns))
         picker = widgets.Dropdown(options=[(f"{b}: prompt {record.prompt_index[b]}, {record.num_tool_turns[b]} searches, "
                                             f"reward {record.outcome_reward[b]:+.0f}", b) for b in range(record.batch_size)],
                                   value=deepest, description="rollout", layout=widgets.Layout(width="460px"))
-        display(widgets.VBox([picker, widgets.interactive_output(transcript, {"i": picker})]))
+        table = widgets.HTML(transcript(deepest))
+        picker.observe(lambda change: setattr(table, "value", transcript(change["new"])), names="value")
+        display(widgets.VBox([picker, table]))
         """),
+        md("The same table without widgets (it stays in a saved notebook), for the rollout with the most searches:"),
+        code("display(HTML(transcript(deepest)))"),
         md(r"""
         ## 4. Probability difference or log-probability difference?
 
@@ -367,8 +383,8 @@ def information_gain():
         ## 5. Why IG needs the gold answer
 
         The probe scores the *gold* answer. Score the same rollouts against a decoy (another question's
-        answer) and $p$ hardly moves: IG is not "the model became more confident", it is
-        "the model became more confident **in the right answer**". Two consequences:
+        answer): IG is not "the model became more confident", it is "the model became more confident **in the
+        gold answer**". Two consequences:
 
         - IG exists only where the gold answer is known: it is a *training* signal for questions with
           answers, never something an agent can compute at test time;
@@ -382,11 +398,20 @@ def information_gain():
         decoys = [traj.answers[(b + GENERATIONS) % batch] for b in range(batch)]   # the next prompt's answer
         decoy_logprob, _ = lab.score_probes(model, tokenizer, dataclasses.replace(traj, answers=decoys), cfg)
         _, p_decoy, _ = lab.information_gain(decoy_logprob, traj.num_tool_turns)
-        last = traj.num_tool_turns.long()
-        p_gold_end = p.gather(1, last[:, None]).squeeze(1)
-        p_decoy_end = p_decoy.gather(1, last[:, None]).squeeze(1)
-        print(f"mean p before any search: gold {float(p[:, 0].mean()):.4f}   decoy {float(p_decoy[:, 0].mean()):.4f}")
-        print(f"mean p after the last search: gold {float(p_gold_end.mean()):.4f}   decoy {float(p_decoy_end.mean()):.4f}")
+        last = traj.num_tool_turns.long()[:, None]
+        p_gold_end, p_decoy_end = p.gather(1, last)[:, 0], p_decoy.gather(1, last)[:, 0]
+        found = torch.tensor([any(traj.answers[b][0] in seen.split() for seen in traj.observations[b]) for b in range(batch)])
+        print(f"{'rollouts':44s} {'n':>3s} {'p(gold) at the end':>19s} {'p(decoy) at the end':>20s}")
+        for label, rows in (("whose searches retrieved the gold answer", found), ("whose searches did not", ~found)):
+            if rows.any():
+                print(f"{label:44s} {int(rows.sum()):3d} {float(p_gold_end[rows].mean()):19.4f} {float(p_decoy_end[rows].mean()):20.4f}")
+        """),
+        md(r"""
+        Where the searches never reached the answer, gold and decoy can end up about equally likely: the
+        model only learned what kind of answer to give, and IG then rewards the type information, equally for
+        any answer of that type. Where the answer was retrieved, the gold answer pulls ahead of the decoy (by
+        how much depends on how well the model copies from its context). IG measures progress towards *the*
+        answer only to the extent that the policy can use what it read.
         """),
         md(r"""
         **Takeaways.** $p_t$ is one teacher-forced forward pass per turn (shared through the KV cache); IG is
@@ -480,12 +505,20 @@ def turn_group_normalization():
                       f"{np.nanmean(pooled[:, k - 1]):14.3f} {np.nanmean(per_turn[:, k - 1]):16.3f}")
         """),
         md(r"""
-        When deeper searches gain more (the second hop finds the answer), pooling gives turn 1 a negative
-        mean $\tilde I$ and turn 2 a positive one: every first search looks bad and every second search looks
-        good, whatever it did. Per (prompt, turn) the mean is 0 at every depth by construction, and a turn's
-        $\tilde I$ only says how it compares with the same turn of its siblings. Side by side for the prompt
-        with the most multi-search rollouts:
+        Pooling compares every turn with the prompt's average over *all* depths. When one depth gains more on
+        average than another (the first search of this tiny model mostly reveals the answer's type; a later one
+        may retrieve the answer itself), every turn at that depth gets a positive pooled $\tilde I$ and every
+        turn at the other a negative one, whatever each search did: the normalized IG then says more about the
+        turn's depth than its quality. Per (prompt, turn) the mean is 0 at every depth by construction, and a
+        turn's $\tilde I$ only says how it compares with the same turn of its siblings. In this batch:
         """),
+        code("""
+        for k in range(1, record.max_turns + 1):
+            pooled_k = pooled[:, k - 1][torch.isfinite(pooled[:, k - 1])]
+            if pooled_k.numel():
+                print(f"turn {k}: {int((pooled_k > 0).sum())} of {pooled_k.numel()} pooled Ĩ are positive")
+        """),
+        md("Side by side for the prompt with the most multi-search rollouts:"),
         code("""
         deep = {int(q): int(((record.prompt_index == q) & (record.num_tool_turns >= 2)).sum())
                 for q in np.unique(record.prompt_index)}
@@ -585,6 +618,7 @@ def turn_group_normalization():
         import dataclasses
 
         import ipywidgets as widgets
+        import plotly.graph_objects as go
 
 
         def renormalized(record, normalization, std_floor, center_only, min_group_size):
@@ -599,19 +633,26 @@ def turn_group_normalization():
                                        group_size=group_size.numpy(), zero_std_group_frac=zero_frac, config=config)
 
 
-        def draw(normalization, std_floor, center_only, min_group_size):
-            changed = renormalized(record, normalization, std_floor, center_only, min_group_size)
-            print(f"constant groups (size ≥ max(2, min_group_size)): {changed.zero_std_group_frac:.2f}")
-            show(viz.group_heatmap_figure(changed))
-
-
         controls = dict(
             normalization=widgets.ToggleButtons(options=["turn_group", "pooled"], description="groups"),
             std_floor=widgets.SelectionSlider(options=[0.0, 1e-6, 1e-4, 1e-3, 1e-2, 5e-2], value=0.0, description="std floor"),
             center_only=widgets.Checkbox(value=False, description="centre only"),
             min_group_size=widgets.IntSlider(value=2, min=1, max=GENERATIONS, description="min size"))
+        readout = widgets.HTML()
+        heatmap = go.FigureWidget()
+
+
+        def redraw(*_):
+            changed = renormalized(record, **{name: control.value for name, control in controls.items()})
+            readout.value = f"constant groups (size ≥ max(2, min size)): {changed.zero_std_group_frac:.2f}"
+            viz.sync_figure(heatmap, viz.group_heatmap_figure(changed))
+
+
+        for control in controls.values():
+            control.observe(redraw, names="value")
+        redraw()
         display(widgets.VBox([widgets.HBox(list(controls.values())[:2]), widgets.HBox(list(controls.values())[2:]),
-                              widgets.interactive_output(draw, controls)]))
+                              readout, heatmap]))
         """),
         md(r"""
         **Takeaways.** Normalizing per (prompt, turn index) compares like with like; pooling compares a first
@@ -732,15 +773,22 @@ def variance_rescaling():
 
         import ipywidgets as widgets
 
-
-        def draw(gamma):
-            show(spread_figure(gamma))
-            show(viz.advantage_depth_figure(dataclasses.replace(record, config={**record.config, "gamma": gamma})))
-
-
         gamma = widgets.FloatSlider(value=0.9, min=0.5, max=1.0, step=0.05, description="γ", continuous_update=False)
-        display(widgets.VBox([gamma, widgets.interactive_output(draw, {"gamma": gamma})]))
+        simulated, real = go.FigureWidget(), go.FigureWidget()
+
+
+        def redraw(*_):
+            viz.sync_figure(simulated, spread_figure(gamma.value))
+            at_gamma = dataclasses.replace(record, config={**record.config, "gamma": gamma.value})
+            viz.sync_figure(real, viz.advantage_depth_figure(at_gamma))
+
+
+        gamma.observe(redraw, names="value")
+        redraw()
+        display(widgets.VBox([gamma, simulated, real]))
         """),
+        md("The same comparison at γ = 0.9 without widgets (it stays in a saved notebook):"),
+        code("show(spread_figure(0.9))"),
         md(r"""
         **Takeaways.** Without rescaling, an early turn's advantage is wide because many terms follow it; with
         √n every turn lives on the unit scale of its terms. With $\gamma = 1$ (the default) √n is exact for
@@ -1078,10 +1126,10 @@ def compare_and_ablate():
         parameters(),
         code("""
         PRESETS = ["grpo", "igpo", "a2tgpo", "a2tgpo_pooled", "a2tgpo_no_rescale", "a2tgpo_fixed_clip"]
-        STEPS = 2 if SMOKE else 20
+        STEPS = 1 if SMOKE else 20
         SEEDS = [0] if SMOKE else [0, 1]
-        PROMPTS, GENERATIONS = (4, 4) if SMOKE else (8, 8)
-        EVAL_PROMPTS = 16 if SMOKE else 300
+        PROMPTS, GENERATIONS = (2, 4) if SMOKE else (8, 8)
+        EVAL_PROMPTS = 8 if SMOKE else 300
         """),
         code(IMPORTS),
         md(r"""
@@ -1162,7 +1210,7 @@ def compare_and_ablate():
         - **Budget.** Equal steps is not equal compute: every estimator but GRPO pays for the IG probe (the last
           column). Compare at equal wall-clock time too when that is what matters to you.
         - **Small models, short runs.** The bundled model and 20 steps show the mechanics, not the paper's
-          numbers. The smoke setting (2 steps, 16 questions) only checks that the code runs: nothing can be read
+          numbers. The smoke setting (1 step, 8 questions) only checks that the code runs: nothing can be read
           from it.
 
         Every seed's EM (dots), their mean (bar), and the untrained score with its ±2 standard errors (band):
@@ -1190,6 +1238,7 @@ def compare_and_ablate():
 
 
         def curves(metric):
+            \"\"\"One line per preset: `metric` at each training step, averaged over the seeds.\"\"\"
             figure = go.Figure()
             for name in PRESETS:
                 per_seed = [[row.get(metric, np.nan) for row in histories[(name, seed)] if "time/step_s" in row] for seed in SEEDS]
@@ -1197,13 +1246,17 @@ def compare_and_ablate():
                                             mode="lines+markers", name=name))
             figure.update_layout(template="plotly_white", height=360, xaxis_title="step", yaxis_title=metric,
                                  title=f"{metric}, mean over {len(SEEDS)} seed(s)")
-            show(figure)
+            return figure
 
 
         metrics = sorted(k for k in histories[(PRESETS[0], SEEDS[0])][-1] if not k.startswith(("turn/", "eval/")))
         chooser = widgets.Dropdown(options=metrics, value="reward", description="metric")
-        display(widgets.VBox([chooser, widgets.interactive_output(curves, {"metric": chooser})]))
+        chosen = go.FigureWidget(curves("reward"))
+        chooser.observe(lambda change: viz.sync_figure(chosen, curves(change["new"])), names="value")
+        display(widgets.VBox([chooser, chosen]))
         """),
+        md("The reward curves without widgets (they stay in a saved notebook):"),
+        code('show(curves("reward"))'),
         md(r"""
         ## 4. Larger comparisons
 
@@ -1235,7 +1288,7 @@ def debugging():
         | loss spikes, policy collapses | `ratio/max`, `clip_ratio/*` | too large a step, stale ratios | lower LR, fewer `num_iterations`, `dual_clip`, turn-level ratio |
         | `ig/nonfinite_count` > 0 | the metric | a NaN/−inf probe score | dropped and counted, never trained on; check dtype and the gold answer |
         | the model never answers | `answer_rate`, `format_error_rate`, all rewards equal | no warm start, wrong chat template or stop token | SFT first; check `tokenizer.chat_template`, the EOS token |
-        | turns cut in the middle | `end_reason` = `max_tokens` | `max_new_tokens_per_turn` too small | raise it (real models need 256 or more) |
+        | turns cut in the middle | `end_reason` = `malformed` (unbalanced tags) | `max_new_tokens_per_turn` too small | raise it (real models need 256 or more) |
         """),
         parameters(),
         code("""
@@ -1331,14 +1384,17 @@ def debugging():
 
 
         def trained_observation_tokens(record, i):
-            \"\"\"Positions of trained tokens inside <information> … </information> (must be empty).\"\"\"
-            inside, leaked = False, []
-            for position, (token, trained) in enumerate(zip(record.tokens[i], record.loss_mask[i])):
-                inside = inside or token == "<information>"
-                if inside and trained:
-                    leaked.append(position)
-                if token == "</information>":
-                    inside = False
+            \"\"\"Positions of trained tokens inside an <information> … </information> span (must be none).
+
+            A span is closed by </information> and opened by the last <information> before it (the system
+            prompt also mentions the tag, without closing it).\"\"\"
+            leaked, opened = [], None
+            for position, token in enumerate(record.tokens[i]):
+                if token == "<information>":
+                    opened = position
+                elif token == "</information>" and opened is not None:
+                    leaked += [p for p in range(opened, position + 1) if record.loss_mask[i][p]]
+                    opened = None
             return leaked
 
 
@@ -1371,7 +1427,7 @@ def debugging():
                                         torch.full((1, 4), 1 - eps_low), torch.full((1, 4), 1 + eps_high), **knobs)
             grad, = torch.autograd.grad(loss, logprobs)
             print(f"{label:27s} ratios {np.round(out.ratio[0].numpy(), 2)}  clipped {out.clipped[0].tolist()}  "
-                  f"loss {float(loss):6.3f}  |grad| {grad.abs().max():.3f}")
+                  f"loss {float(loss.detach()):6.3f}  |grad| {grad.abs().max():.3f}")
         print(f"\\nthis run's step: ratio/max {record.metrics['ratio/max']:.4f}, clip_ratio/region_mean "
               f"{record.metrics['clip_ratio/region_mean']:.4f}")
         """),
@@ -1389,9 +1445,10 @@ def debugging():
         log-difference is not:
         """),
         code("""
-        probe_scores = torch.tensor([[-4.0, float("nan"), -0.5, -0.1],
-                                     [-4.0, -2.0, float("-inf"), -0.1]])
-        three_searches = torch.tensor([3, 3])
+        nan = float("nan")
+        probe_scores = torch.tensor([[-4.0, nan, -0.5, -0.1, nan],            # ℓ_t, t = 0..3 (column 4: past K)
+                                     [-4.0, -2.0, float("-inf"), -3.0, nan]])
+        three_searches = torch.tensor([3, 3])                                  # K = 3 searches, then the answer turn
         for mode in ("prob", "logprob"):
             ig, _, dropped = lab.information_gain(probe_scores, three_searches, mode=mode)
             print(f"{mode:8s} IG {np.round(ig.numpy(), 4).tolist()}  dropped {dropped}")
@@ -1421,13 +1478,15 @@ def debugging():
         it for the bundled model); for a real chat model, check that the chat template renders the protocol and
         that the end-of-turn token is the EOS the rollout stops on.
 
-        A related failure: turns cut in the middle because the per-turn token cap is too small. Same model,
-        same questions, `max_new_tokens_per_turn=3`:
+        A related failure: turns cut in the middle because the per-turn token cap is too small. They end
+        as `malformed` (an unclosed tag), so they look like a format problem of the model. Same model, same
+        questions, `max_new_tokens_per_turn=3`:
         """),
         code("""
         capped = lab.generate_rollouts(trainer.model, trainer.tokenizer, questions[:PROMPTS], tool,
                                        cfg.replace(max_new_tokens_per_turn=3), num_generations=2)
         print("end reasons:", dict(Counter(capped.end_reason)))
+        print("why:", dict(Counter(actions[-1].content for actions in capped.actions if actions[-1].kind == "malformed")))
         print("a cut turn:", capped.turn_texts[0][-1])
         """),
     ]
@@ -1543,8 +1602,8 @@ def single_gpu():
             return policy, reference
 
 
-        policy, reference = policy_and_reference()
-        print(f"before training: max |log π_θ − log π_ref| = {float((policy - reference).abs().max()):.2e}")
+        policy, reference_before = policy_and_reference()
+        print(f"before training: max |log π_θ − log π_ref| = {float((policy - reference_before).abs().max()):.2e}")
         """),
         md("## 4. A short run: step time and peak memory"),
         code("""
@@ -1564,7 +1623,8 @@ def single_gpu():
         else:
             print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         policy, reference = policy_and_reference()
-        print(f"after training: max |log π_θ − log π_ref| = {float((policy - reference).abs().max()):.2e} (the reference did not move)")
+        print(f"after training: max |log π_θ − log π_ref| = {float((policy - reference).abs().max()):.2e}; "
+              f"the reference moved by {float((reference - reference_before).abs().max()):.2e}")
         """),
         code("show(viz.training_curves_figure(trainer.history))"),
         md(r"""

@@ -9,6 +9,7 @@
 - ``Dashboard``: live view of a trainer (callbacks, throttled redraws, step slider, pause / stop), or
   ``Dashboard.from_records`` offline;
 - ``show``: display any figure or view statically (no widget frontend needed);
+- ``sync_figure``: redraw a ``FigureWidget`` in place from a freshly built figure (for your own widgets);
 - ``sample_step_record`` / ``sample_run``: synthetic records for trying the views without training.
 
 Names are imported on first use, so ``import a2tgpo_lab.viz`` loads neither plotly nor ipywidgets.
@@ -24,6 +25,7 @@ _WHERE = {
     "group_normalization_figure": "figures", "pooled_vs_turn_group_figure": "figures",
     "advantage_depth_figure": "figures", "clip_range_figure": "figures", "ratio_figure": "figures",
     "clip_fraction_figure": "figures", "clip_surrogate_figure": "figures", "training_curves_figure": "figures",
+    "sync_figure": "live",
 }
 __all__ = sorted(_WHERE)
 
