@@ -109,9 +109,9 @@ def test_only_assistant_turns_are_trained(shipped, tool):
 def test_train_sft_lowers_the_loss_of_a_small_model(tool):
     from a2tgpo_lab.tiny import build_tiny_qwen, build_word_tokenizer
 
-    demos = make_demonstrations(load_split("sft")[:8], tool, random.Random(0), shortcut_rate=0.0)
+    demos = make_demonstrations(load_split("sft")[:4], tool, random.Random(0), shortcut_rate=0.0)
     tokenizer = build_word_tokenizer([m["content"] for chat in demos for m in chat])
     model = build_tiny_qwen(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-    losses = train_sft(model, tokenizer, demos, steps=40, batch_size=4, lr=1e-2, warmup_steps=2, progress=False)
-    assert len(losses) == 40 and all(torch.isfinite(torch.tensor(losses)))
+    losses = train_sft(model, tokenizer, demos, steps=25, batch_size=4, lr=1e-2, warmup_steps=2, progress=False)
+    assert len(losses) == 25 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
