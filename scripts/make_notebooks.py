@@ -150,11 +150,13 @@ def quickstart():
                 print(f"  {key:24s} {before.get(key, float('nan')):.3f} -> {after[key]:.3f}")
         """),
         md(r"""
-        In the smoke setting (3 steps) nothing can change yet; with `SMOKE = False` (30 steps of 64
-        rollouts, a few minutes on a laptop) exact match usually climbs by several points, mostly on the
-        2-hop questions as the agent learns to make the second search. A single run is one sample: notebook
-        06 shows how to compare methods honestly (several seeds, and the noise of an exact match on a few
-        hundred questions).
+        In the smoke setting (3 steps of 16 rollouts, 16 questions) nothing can be read from these numbers.
+        With `SMOKE = False` (30 steps of 64 rollouts, 300 questions; 5 to 15 minutes on a 2-core CPU) look
+        at more than the exact match: the format error rate, the number of searches per question, the exact
+        match per question type (`after` holds them all). The first thing RL fixes is usually the format; how
+        much exact match moves in 30 steps depends on the starting model and the seed, and can be a few points
+        either way. A single run is one sample: notebook 06 shows how to compare methods honestly (several
+        seeds, and the noise of an exact match on a few hundred questions).
 
         The training curves, drawn statically (the same figure builder the dashboard uses):
         """),
@@ -497,26 +499,24 @@ def turn_group_normalization():
         ig, prompts = torch.as_tensor(record.ig), torch.as_tensor(record.prompt_index)
         per_turn, _, _, _ = lab.turn_group_normalize(ig, prompts)
         pooled, _, _, _ = lab.pooled_normalize(ig, prompts)
-        print(f"{'turn k':>6} {'IG values':>9} {'mean raw IG':>12} {'mean Ĩ pooled':>14} {'mean Ĩ per turn':>16}")
+        print(f"{'turn k':>6} {'IG values':>9} {'mean raw IG':>12} {'median raw IG':>14} {'pooled Ĩ > 0':>13} "
+              f"{'per-turn Ĩ > 0':>15}")
         for k in range(1, record.max_turns + 1):
             present = np.isfinite(record.ig[:, k - 1])
             if present.any():
-                print(f"{k:6d} {present.sum():9d} {record.ig[present, k - 1].mean():12.4f} "
-                      f"{np.nanmean(pooled[:, k - 1]):14.3f} {np.nanmean(per_turn[:, k - 1]):16.3f}")
+                raw = record.ig[present, k - 1]
+                print(f"{k:6d} {present.sum():9d} {raw.mean():12.4f} {np.median(raw):14.4f} "
+                      f"{float((pooled[present, k - 1] > 0).float().mean()):13.0%} "
+                      f"{float((per_turn[present, k - 1] > 0).float().mean()):15.0%}")
         """),
         md(r"""
-        Pooling compares every turn with the prompt's average over *all* depths. When one depth gains more on
-        average than another (the first search of this tiny model mostly reveals the answer's type; a later one
-        may retrieve the answer itself), every turn at that depth gets a positive pooled $\tilde I$ and every
-        turn at the other a negative one, whatever each search did: the normalized IG then says more about the
-        turn's depth than its quality. Per (prompt, turn) the mean is 0 at every depth by construction, and a
-        turn's $\tilde I$ only says how it compares with the same turn of its siblings. In this batch:
-        """),
-        code("""
-        for k in range(1, record.max_turns + 1):
-            pooled_k = pooled[:, k - 1][torch.isfinite(pooled[:, k - 1])]
-            if pooled_k.numel():
-                print(f"turn {k}: {int((pooled_k > 0).sum())} of {pooled_k.numel()} pooled Ĩ are positive")
+        The IG of different depths lives on different scales: the first search of this tiny model mostly
+        reveals the answer's *type* (a small, steady gain), a later one either retrieves the answer itself (a
+        large jump) or adds nothing. Pooling ranks every turn against the turns of *all* depths of its prompt, so
+        the share of positive $\tilde I$ differs by depth (the `pooled Ĩ > 0` column), whatever each search did:
+        the normalized IG says as much about a turn's depth as about its quality. Per (prompt, turn) every depth
+        is centred on its own mean, and a turn's $\tilde I$ only says how it compares with the same turn of its
+        siblings.
         """),
         md("Side by side for the prompt with the most multi-search rollouts:"),
         code("""
@@ -638,8 +638,8 @@ def turn_group_normalization():
             std_floor=widgets.SelectionSlider(options=[0.0, 1e-6, 1e-4, 1e-3, 1e-2, 5e-2], value=0.0, description="std floor"),
             center_only=widgets.Checkbox(value=False, description="centre only"),
             min_group_size=widgets.IntSlider(value=2, min=1, max=GENERATIONS, description="min size"))
-        readout = widgets.HTML()
-        heatmap = go.FigureWidget()
+        readout = widgets.HTML(f"constant groups (size ≥ max(2, min size)): {record.zero_std_group_frac:.2f}")
+        heatmap = go.FigureWidget(viz.group_heatmap_figure(record))
 
 
         def redraw(*_):
@@ -650,7 +650,6 @@ def turn_group_normalization():
 
         for control in controls.values():
             control.observe(redraw, names="value")
-        redraw()
         display(widgets.VBox([widgets.HBox(list(controls.values())[:2]), widgets.HBox(list(controls.values())[2:]),
                               readout, heatmap]))
         """),
@@ -773,18 +772,20 @@ def variance_rescaling():
 
         import ipywidgets as widgets
 
+        def depth_figure(gamma):
+            return viz.advantage_depth_figure(dataclasses.replace(record, config={**record.config, "gamma": gamma}))
+
+
         gamma = widgets.FloatSlider(value=0.9, min=0.5, max=1.0, step=0.05, description="γ", continuous_update=False)
-        simulated, real = go.FigureWidget(), go.FigureWidget()
+        simulated, real = go.FigureWidget(spread_figure(gamma.value)), go.FigureWidget(depth_figure(gamma.value))
 
 
-        def redraw(*_):
-            viz.sync_figure(simulated, spread_figure(gamma.value))
-            at_gamma = dataclasses.replace(record, config={**record.config, "gamma": gamma.value})
-            viz.sync_figure(real, viz.advantage_depth_figure(at_gamma))
+        def redraw(change):
+            viz.sync_figure(simulated, spread_figure(change["new"]))
+            viz.sync_figure(real, depth_figure(change["new"]))
 
 
         gamma.observe(redraw, names="value")
-        redraw()
         display(widgets.VBox([gamma, simulated, real]))
         """),
         md("The same comparison at γ = 0.9 without widgets (it stays in a saved notebook):"),
@@ -1451,11 +1452,11 @@ def debugging():
         three_searches = torch.tensor([3, 3])                                  # K = 3 searches, then the answer turn
         for mode in ("prob", "logprob"):
             ig, _, dropped = lab.information_gain(probe_scores, three_searches, mode=mode)
-            print(f"{mode:8s} IG {np.round(ig.numpy(), 4).tolist()}  dropped {dropped}")
+            print(f"{mode:8s} dropped {dropped}, IG [B, T]:\\n{np.array2string(ig.numpy(), precision=4)}")
         ig, _, _ = lab.information_gain(probe_scores, three_searches)
         result = lab.compute_advantages(lab.preset("a2tgpo"), ig, torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), three_searches)
-        print("Ĩ:", np.round(result.ig_norm.numpy(), 3).tolist())
-        print("A:", np.round(result.advantages.numpy(), 3).tolist(), "(finite: the dropped terms count as 0)")
+        print(f"Ĩ:\\n{np.array2string(result.ig_norm.numpy(), precision=3)}")
+        print(f"A (finite: the dropped terms count as 0):\\n{np.array2string(result.advantages.numpy(), precision=3)}")
         print(f"this run's step: ig/nonfinite_count = {record.metrics['ig/nonfinite_count']:.0f}")
         """),
         md(r"""
@@ -1675,6 +1676,8 @@ def build(name: str) -> nbformat.NotebookNode:
     notebook = new_notebook(cells=NOTEBOOKS[name]())
     for number, cell in enumerate(notebook.cells):
         cell.id = f"{name[:2]}-{number:02d}"
+        if cell.cell_type == "code":
+            compile(cell.source, f"{name}.ipynb cell {number}", "exec")   # a syntax error fails here, not in CI
     notebook.metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python", "pygments_lexer": "ipython3"},
