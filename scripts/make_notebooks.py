@@ -382,6 +382,13 @@ def information_gain():
         show(figure)
         """),
         md(r"""
+        What to look for: first searches that only reveal the answer's type move $p$ from about $10^{-4}$ to
+        about $0.1$, a large log-gain (several nats) but a small probability gain; a search that retrieves the
+        answer and lifts $p$ to near 1 has the largest probability gain, yet often a smaller log-gain than the
+        type information. Searches that make the gold answer nearly impossible sit far below zero in log
+        mode only. Which ordering you want is the choice the `ig_mode` knob makes.
+        """),
+        md(r"""
         ## 5. Why IG needs the gold answer
 
         The probe scores the *gold* answer. Score the same rollouts against a decoy (another question's
@@ -1052,8 +1059,9 @@ def live_training():
         ## 3. Paused: inspect the run while it waits
 
         The next cell waits until the callback has paused the run (in JupyterLab you could equally press
-        **pause** on the dashboard). `pause()` lets the running step finish; records and history are safe to
-        read at any time, paused or not.
+        **pause** on the dashboard). `pause()` lets the running step finish, with its evaluation and checkpoint
+        when one is due, and holds the loop before the next step; records and history are safe to read at any
+        time, paused or not.
         """),
         code("""
         while not pauser.reached.wait(timeout=1.0):
