@@ -71,7 +71,7 @@ def quickstart():
         """),
         parameters(),
         code("""
-        STEPS = 3 if SMOKE else 30                            # RL steps
+        STEPS = 3 if SMOKE else 40                            # RL steps (40: the config's default)
         PROMPTS, GENERATIONS = (4, 4) if SMOKE else (8, 8)    # questions per step × rollouts per question
         EVAL_PROMPTS = 16 if SMOKE else 300                   # dev questions for the before / after exact match
         """),
@@ -151,10 +151,10 @@ def quickstart():
         """),
         md(r"""
         In the smoke setting (3 steps of 16 rollouts, 16 questions) nothing can be read from these numbers.
-        With `SMOKE = False` (30 steps of 64 rollouts, 300 questions; 5 to 15 minutes on a 2-core CPU) look
+        With `SMOKE = False` (40 steps of 64 rollouts, 300 questions; 5 to 15 minutes on a 2-core CPU) look
         at more than the exact match: the format error rate, the number of searches per question, the exact
         match per question type (`after` holds them all). The first thing RL fixes is usually the format; how
-        much exact match moves in 30 steps depends on the starting model and the seed, and can be a few points
+        much exact match moves in 40 steps depends on the starting model and the seed, and can be a few points
         either way. A single run is one sample: notebook 06 shows how to compare methods honestly (several
         seeds, and the noise of an exact match on a few hundred questions).
 
@@ -194,7 +194,7 @@ def quickstart():
         | 07_debugging | the rollout inspector and the common failure modes |
         | 08_single_gpu | a real Hugging Face model with LoRA and 4-bit weights on one GPU |
 
-        From a terminal the same run is `a2tgpo-lab train --preset a2tgpo --max_steps 30`.
+        From a terminal the same run is `a2tgpo-lab train` (the config's defaults are this quickstart's setting).
         """),
     ]
 
@@ -877,7 +877,7 @@ def adaptive_clipping():
         first pass is identical in both runs (nothing is clipped at $s = 1$), so both second passes see the
         same ratios, and any difference in what is clipped comes from the bands alone. The learning rate is
         3e-5, the order used for real models: one update then moves a turn's ratio by about the width of the
-        band (with this tiny model's default 5e-4 most turns overshoot both bands and both clip the same way).
+        band (with this tiny model's default 3e-4 most turns overshoot both bands and both clip the same way).
         """),
         code("""
         import tempfile
@@ -1527,9 +1527,9 @@ def single_gpu():
 
         ON_GPU = torch.cuda.is_available()
         MODEL = MODEL_ID if ON_GPU and not SMOKE else "bundled"
-        STEPS = 2 if SMOKE else 10
+        STEPS = 2 if SMOKE else (10 if ON_GPU else 4)     # 4-bit on a CPU is slow: ~30 s per step of 64 rollouts
         PROMPTS, GENERATIONS = (2, 4) if SMOKE else (8, 8)
-        print(f"GPU: {torch.cuda.get_device_name() if ON_GPU else 'none'}; training {MODEL!r}")
+        print(f"GPU: {torch.cuda.get_device_name() if ON_GPU else 'none'}; training {MODEL!r} for {STEPS} steps")
         """),
         code(IMPORTS),
         md(r"""
@@ -1541,7 +1541,7 @@ def single_gpu():
         | `load_in_4bit` | `False` | `True` from ~7 B or on a 16-24 GB card | NF4 base weights, ¼ of bf16's memory for the linear layers |
         | `bf16` | `False` | `True` (Ampere or newer) | half the memory of float32 for weights and activations |
         | `gradient_checkpointing` | `False` | `True` | recompute activations in the backward pass: less memory, one extra forward |
-        | `learning_rate` | 5e-4 | 1e-5 … 5e-5 | the default is for a 1 M-parameter model |
+        | `learning_rate` | 3e-4 | 1e-5 … 5e-5 | the default is for a 1 M-parameter model |
         | `max_new_tokens_per_turn` | 32 | 256 - 512 | real models think aloud before a `<search>` |
         | `max_completion_length` | 384 | 2048 - 4096 | everything after the prompt, observations included |
         | `max_observation_tokens` | 64 | 256 - 512 | BPE passages are many more tokens than words |
