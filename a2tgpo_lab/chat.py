@@ -19,13 +19,20 @@ Three pieces exist:
 
 Texts are rendered with ``tokenize=False`` and encoded with ``add_special_tokens=False`` (the
 template already writes any BOS), so in transformers 5 no ``BatchEncoding`` is involved.
+
+Every function takes the rollout's prompt settings as keywords: ``system_prompt`` (None = the
+protocol's), ``protocol`` (a name or :class:`~a2tgpo_lab.protocol.Protocol`; None = the default) and
+``few_shot`` (the protocol's worked example dialogue before the question). :func:`prompt_options`
+reads all three from a config.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
-from .protocol import ANSWER_CLOSE, ANSWER_OPEN, PROBE_PREFIX, SYSTEM_PROMPT
+from .protocol import Protocol, get_protocol
+
+ProtocolLike = Union[str, Protocol, None]
 
 # Plain words (no markup a template could escape or strip) that no real text contains.
 _TURN_PLACEHOLDER = "ZQXASSISTANTTURNZQX"
@@ -54,16 +61,30 @@ def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def prompt_messages(question: str, system_prompt: Optional[str] = None) -> list[dict]:
-    """``[system, user]`` messages; ``system_prompt=None`` uses the protocol's, ``""`` omits the system message."""
-    system = SYSTEM_PROMPT if system_prompt is None else system_prompt
+def prompt_options(cfg) -> dict:
+    """The prompt keywords of the functions below, from an ``A2TGPOConfig``."""
+    return dict(system_prompt=cfg.system_prompt, protocol=cfg.protocol, few_shot=cfg.few_shot)
+
+
+def prompt_messages(question: str, system_prompt: Optional[str] = None, protocol: ProtocolLike = None,
+                    few_shot: bool = False, observation_role: str = "user") -> list[dict]:
+    """``[system, (worked example,) user]`` messages.
+
+    ``system_prompt=None`` uses the protocol's, ``""`` omits the system message; ``few_shot`` puts
+    the protocol's example dialogue (its observation in ``observation_role``) before the question.
+    """
+    chosen = get_protocol(protocol)
+    system = chosen.system_prompt if system_prompt is None else system_prompt
     head = [{"role": "system", "content": system}] if system else []
-    return head + [{"role": "user", "content": question}]
+    example = chosen.demonstration(observation_role) if few_shot else []
+    return head + example + [{"role": "user", "content": question}]
 
 
-def prompt_ids(tokenizer, question: str, system_prompt: Optional[str] = None) -> list[int]:
+def prompt_ids(tokenizer, question: str, system_prompt: Optional[str] = None, protocol: ProtocolLike = None,
+               few_shot: bool = False, observation_role: str = "user") -> list[int]:
     """The rendered prompt (system, question, assistant header) as token ids."""
-    return encode(tokenizer, render(tokenizer, prompt_messages(question, system_prompt), add_generation_prompt=True))
+    messages = prompt_messages(question, system_prompt, protocol, few_shot, observation_role)
+    return encode(tokenizer, render(tokenizer, messages, add_generation_prompt=True))
 
 
 def _split_once(text: str, placeholder: str, what: str) -> tuple[str, str]:
@@ -97,7 +118,8 @@ class ObservationTemplate:
         return close + self.header_ids + list(observation_ids) + self.footer_ids
 
 
-def observation_template(tokenizer, role: str = "user", system_prompt: Optional[str] = None) -> ObservationTemplate:
+def observation_template(tokenizer, role: str = "user", system_prompt: Optional[str] = None,
+                         protocol: ProtocolLike = None, few_shot: bool = False) -> ObservationTemplate:
     """Derive the observation pieces by rendering the dialogue with and without the observation.
 
     ``A`` = prompt + assistant turn (no generation prompt) and ``B`` = prompt + assistant turn +
@@ -110,7 +132,7 @@ def observation_template(tokenizer, role: str = "user", system_prompt: Optional[
     adds an empty think block only to the last one).
     """
     require_chat_template(tokenizer)
-    head = prompt_messages(_QUESTION_PLACEHOLDER, system_prompt)
+    head = prompt_messages(_QUESTION_PLACEHOLDER, system_prompt, protocol, few_shot, role)
     turn = {"role": "assistant", "content": _TURN_PLACEHOLDER}
     observation = {"role": role, "content": _OBSERVATION_PLACEHOLDER}
     try:
@@ -131,13 +153,14 @@ def observation_template(tokenizer, role: str = "user", system_prompt: Optional[
 
 
 def observation_ids(tokenizer, text: str, role: str = "user", turn_closed: bool = True,
-                    max_tokens: Optional[int] = None, system_prompt: Optional[str] = None) -> list[int]:
+                    max_tokens: Optional[int] = None, system_prompt: Optional[str] = None,
+                    protocol: ProtocolLike = None, few_shot: bool = False) -> list[int]:
     """The token ids between an assistant turn and the next assistant turn for observation ``text``.
 
     The observation's own tokens are cut to ``max_tokens``; the template's tokens around it are
     kept whole. See :func:`observation_template` for how the ids are derived.
     """
-    template = observation_template(tokenizer, role, system_prompt)
+    template = observation_template(tokenizer, role, system_prompt, protocol, few_shot)
     body = encode(tokenizer, text)
     return template.between_turns(body if max_tokens is None else body[:max_tokens], turn_closed)
 
@@ -156,8 +179,10 @@ class ProbeSuffix:
     text: str
 
 
-def probe_suffix(tokenizer, gold: str, system_prompt: Optional[str] = None) -> ProbeSuffix:
-    """The probe suffix for ``gold``: ``PROBE_PREFIX <answer> gold </answer>`` + end of turn.
+def probe_suffix(tokenizer, gold: str, system_prompt: Optional[str] = None, protocol: ProtocolLike = None,
+                 few_shot: bool = False) -> ProbeSuffix:
+    """The probe suffix for ``gold``: the protocol's answer turn for it + end of turn
+    (``PROBE_PREFIX <answer> gold </answer>``; paper: ``<think> … </think> <answer> \\boxed{gold} </answer>``).
 
     It is the template's rendering of an assistant answer turn after the generation prompt (the
     context already ends with the assistant header), so it matches how the model answers,
@@ -167,8 +192,8 @@ def probe_suffix(tokenizer, gold: str, system_prompt: Optional[str] = None) -> P
     """
     if not isinstance(gold, str) or not gold.strip():
         raise ValueError(f"probe_suffix: gold={gold!r} must be a non-empty answer string.")
-    head = prompt_messages(_QUESTION_PLACEHOLDER, system_prompt)
-    content = f"{PROBE_PREFIX} {ANSWER_OPEN} {_GOLD_PLACEHOLDER} {ANSWER_CLOSE}"
+    head = prompt_messages(_QUESTION_PLACEHOLDER, system_prompt, protocol, few_shot)
+    content = get_protocol(protocol).format_answer(_GOLD_PLACEHOLDER)
     header = render(tokenizer, head, add_generation_prompt=True)
     answered = render(tokenizer, head + [{"role": "assistant", "content": content}], add_generation_prompt=False)
     if not answered.startswith(header):

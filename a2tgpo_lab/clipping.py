@@ -1,8 +1,11 @@
-"""Adaptive turn-level clipping (ALGORITHM.md §5): a wider trust region for turns that gained information.
+"""Adaptive turn-level clipping (ALGORITHM.md §5, Eq. 11): a wider trust region for turns that gained information.
 
-    c_{i,k} = 1 + β · (2·σ(Ĩ_{i,k}) − 1)   ∈ (1 − β, 1 + β)      tool turns k = 1 .. K_i
-    c_{i,K_i+1} = 1                                             terminal turn (default; knob: use õ_i)
-    clip region of turn k's tokens: [1 − c·ε_low, 1 + c·ε_high]
+    c_{i,t} = 1 + β · (2·σ(Î_{i,t}) − 1)   ∈ (1 − β, 1 + β)      process turns t = 1 .. T_i − 1
+    c_{i,T_i} = 1                                               answer turn (released code; knob: use R̂_i)
+    clip region of turn t's tokens: [1 − c·ε_low, 1 + c·ε_high]
+
+The clip only acts once the ratio leaves 1, i.e. from the second optimizer step over the same
+rollouts on (several mini-batches or iterations per rollout batch).
 
 2σ(x) − 1 = tanh(x / 2), which is how it is computed (one op, symmetric around Ĩ = 0). c is a
 constant of the loss: it never carries a gradient. In floating point c reaches the bound 1 ± β only
@@ -15,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .config import ANSWER_TURN_CLIPS
+from .config import ANSWER_TURN_CLIPS, A2TGPOConfig
 
 
 def adaptive_clip_factor(ig_norm: torch.Tensor, beta: float, num_tool_turns: torch.Tensor,
@@ -23,11 +26,11 @@ def adaptive_clip_factor(ig_norm: torch.Tensor, beta: float, num_tool_turns: tor
     """The clip factor c of every turn (equation in the module docstring).
 
     Args:
-        ig_norm: [B, T] float, Ĩ of tool turn j + 1 in column j (NaN where none).
+        ig_norm: [B, T] float, Î of process turn j + 1 in column j (NaN where none).
         beta: β in [0, 1).
         num_tool_turns: [B] int, K_i in [0, T].
-        outcome_norm: [B] float õ, needed when ``answer_turn="outcome"``.
-        answer_turn: ``"one"`` (c = 1 on the terminal turn) or ``"outcome"`` (c from õ_i, as if the
+        outcome_norm: [B] float R̂, needed when ``answer_turn="outcome"``.
+        answer_turn: ``"one"`` (c = 1 on the terminal turn) or ``"outcome"`` (c from R̂_i, as if the
             outcome were that turn's normalized IG).
 
     Returns:
@@ -57,6 +60,25 @@ def adaptive_clip_factor(ig_norm: torch.Tensor, beta: float, num_tool_turns: tor
     else:
         terminal_c = torch.ones_like(c)
     return torch.where(terminal, terminal_c, c)
+
+
+def turn_clip_factors(cfg: A2TGPOConfig, ig_norm: torch.Tensor, outcome_norm: torch.Tensor,
+                      num_tool_turns: torch.Tensor) -> torch.Tensor:
+    """The clip factor c [B, T] a run with ``cfg`` trains with (the one entry point for trainers).
+
+    ``adaptive_clip=False`` (fixed clip): c = 1 on every turn up to the terminal one, NaN past it.
+    Otherwise :func:`adaptive_clip_factor` with ``clip_beta`` and ``answer_turn_clip``. With
+    ``ig_first_turn="none"`` turn 1 has no Î and takes turn 2's c, as it takes turn 2's advantage
+    (:func:`~a2tgpo_lab.advantages.share_first_turn`).
+
+    ig_norm: [B, T] (``AdvantageResult.ig_norm``); outcome_norm: [B]; num_tool_turns: [B].
+    """
+    from .advantages import share_first_turn
+
+    beta = cfg.clip_beta if cfg.adaptive_clip else 0.0
+    c = adaptive_clip_factor(ig_norm, beta, num_tool_turns, outcome_norm=outcome_norm,
+                             answer_turn=cfg.answer_turn_clip if cfg.adaptive_clip else "one")
+    return share_first_turn(c, num_tool_turns) if cfg.ig_first_turn == "none" else c
 
 
 def clip_bounds(clip_factor: torch.Tensor, eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:

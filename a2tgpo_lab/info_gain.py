@@ -3,25 +3,27 @@
 After every tool turn t a probe teacher-forces the gold answer a and averages its token log-probs:
 
     ℓ_t = (1/|a|) Σ_j log π_old(a_j | context after turn t, probe, a_<j)      t = 0 (question alone) .. K_i
-    p_t = exp(ℓ_t)
+    π̄_t = exp(ℓ_t)                (Eq. 2: the length-normalized probability of the gold answer)
 
-and tool turn k (1 ≤ k ≤ K_i) earns how much it moved that number:
+and process turn t (1 ≤ t ≤ K_i = T_i − 1) earns how much it moved that number (Eq. 3):
 
-    IG_k = p_k − p_{k−1}          (default, ``mode="prob"``)
-    IG_k = ℓ_k − ℓ_{k−1}          (``mode="logprob"``)
+    IG_t = π̄_t − π̄_{t−1}          (default, ``mode="prob"``, the paper)
+    IG_t = ℓ_t − ℓ_{t−1}          (``mode="logprob"``, the released code)
 
-The answer turn K_i + 1 earns no IG. Scoring the probes (running the model) lives elsewhere; this
+π̄_0 is the query-only baseline (``first_turn="query"``, the paper); with ``first_turn="none"`` (the
+released code) there is none and turn 1 has no IG (it then shares turn 2's advantage, see
+``advantages.share_first_turn``). The answer turn T_i earns no IG. Scoring the probes (running the model) lives elsewhere; this
 module is the arithmetic, so it can be checked by hand.
 """
 from __future__ import annotations
 
 import torch
 
-from .config import IG_MODES
+from .config import IG_FIRST_TURNS, IG_MODES
 
 
-def information_gain(probe_logprob_mean: torch.Tensor, num_tool_turns: torch.Tensor,
-                     mode: str = "prob") -> tuple[torch.Tensor, torch.Tensor, int]:
+def information_gain(probe_logprob_mean: torch.Tensor, num_tool_turns: torch.Tensor, mode: str = "prob",
+                     first_turn: str = "query") -> tuple[torch.Tensor, torch.Tensor, int]:
     """IG of every tool turn from the probe scores (equations in the module docstring).
 
     Args:
@@ -29,6 +31,8 @@ def information_gain(probe_logprob_mean: torch.Tensor, num_tool_turns: torch.Ten
             past K_i are ignored (they may hold anything, typically NaN).
         num_tool_turns: [B] int, K_i; 0 ≤ K_i ≤ T.
         mode: ``"prob"`` or ``"logprob"``.
+        first_turn: ``"query"`` (column 0 is the query-only baseline) or ``"none"`` (turn 1 gets no IG:
+            NaN, not counted as dropped).
 
     Returns:
         ig: [B, T] float, column j = IG of tool turn j + 1; NaN past K_i and where the term was dropped.
@@ -39,6 +43,8 @@ def information_gain(probe_logprob_mean: torch.Tensor, num_tool_turns: torch.Ten
     """
     if mode not in IG_MODES:
         raise ValueError(f"mode={mode!r} is not valid; choose one of {list(IG_MODES)}.")
+    if first_turn not in IG_FIRST_TURNS:
+        raise ValueError(f"first_turn={first_turn!r} is not valid; choose one of {list(IG_FIRST_TURNS)}.")
     if probe_logprob_mean.dim() != 2 or probe_logprob_mean.shape[1] < 2:
         raise ValueError(f"probe_logprob_mean must be [B, T+1] with T >= 1; got shape "
                          f"{tuple(probe_logprob_mean.shape)}.")
@@ -60,7 +66,9 @@ def information_gain(probe_logprob_mean: torch.Tensor, num_tool_turns: torch.Ten
 
     signal = p if mode == "prob" else logprob
     ig = signal[:, 1:] - signal[:, :-1]                              # [B, T]: column j = turn j+1
-    is_tool_turn = scored[:, 1:]
+    is_tool_turn = scored[:, 1:].clone()
+    if first_turn == "none":
+        is_tool_turn[:, 0] = False
     dropped = is_tool_turn & ~torch.isfinite(ig)
     ig = torch.where(is_tool_turn & ~dropped, ig, nan)
     return ig, p, int(dropped.sum())

@@ -10,6 +10,12 @@ The output is aligned with the input: position l scores ``input_ids[:, l]``. Com
 second [B, L, V] tensor, and ``chunk`` bounds the logits alive at once to chunk × L × V, which is what
 dominates memory for a real vocabulary (150k entries). The rollout's old log-probs, the trainer's
 forward and the IG probe all go through here, so π_old and π_θ are computed the same way.
+
+Only some tokens are ever read (the loss reads the model's own tokens, ~12% of a multi-turn batch;
+the rest are prompt, observations and padding), so ``score_mask`` names them and the vocabulary
+projection (lm_head) and the log-softmax run only at their predictor positions: the transformer
+body still reads every token, but the [positions, V] work shrinks to the scored ones. The values are
+the same as scoring everything and reading those positions.
 """
 from __future__ import annotations
 
@@ -49,7 +55,8 @@ def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperatur
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
                    chunk: Optional[int] = None, return_entropy: bool = False,
-                   position_ids: Optional[torch.Tensor] = None) -> TokenLogprobs:
+                   position_ids: Optional[torch.Tensor] = None,
+                   score_mask: Optional[torch.Tensor] = None) -> TokenLogprobs:
     """Log-probability of every token given its prefix, aligned with ``input_ids`` (equations above).
 
     Args:
@@ -62,34 +69,78 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         chunk: rows per forward pass (None = all B at once); bounds the [chunk, L, V] logits.
         return_entropy: also return the entropy of each predictive distribution.
         position_ids: [B, L]; default :func:`positions_from_mask`.
+        score_mask: [B, L] bool, the tokens to score (e.g. the loss mask); logits are then computed
+            only at the positions that predict them (module docstring). None scores every real token
+            from logits computed at every position.
 
     Returns:
-        ``TokenLogprobs(logprobs [B, L] float32, entropy [B, L] float32 or None)``. Position 0, padding
-        and a row's first real token hold 0; position l scores ``input_ids[:, l]`` given ``input_ids[:, :l]``.
+        ``TokenLogprobs(logprobs [B, L] float32, entropy [B, L] float32 or None)``. Position 0, padding,
+        a row's first real token and tokens outside ``score_mask`` hold 0; position l scores
+        ``input_ids[:, l]`` given ``input_ids[:, :l]``.
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"token_logprobs: input_ids {tuple(input_ids.shape)} and attention_mask "
                          f"{tuple(attention_mask.shape)} must both be [B, L].")
+    if score_mask is not None and score_mask.shape != input_ids.shape:
+        raise ValueError(f"token_logprobs: score_mask {tuple(score_mask.shape)} must match input_ids "
+                         f"{tuple(input_ids.shape)}.")
     if temperature <= 0:
         raise ValueError(f"token_logprobs: temperature={temperature!r} must be > 0.")
     if position_ids is None:
         position_ids = positions_from_mask(attention_mask)
+    real = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # token and its predictor both real
+    if score_mask is not None:
+        real = real & score_mask[:, 1:].bool()
+    # predicts[b, l]: position l's logits are needed because they score token l + 1
+    predicts = torch.cat([real, torch.zeros_like(real[:, :1])], dim=1)
+    next_ids = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)   # the last column is never read
     batch = input_ids.shape[0]
     step = batch if chunk is None else max(1, int(chunk))
-    logprob_parts, entropy_parts = [], []
+    logprobs = torch.zeros(input_ids.shape, device=input_ids.device)
+    entropy = torch.zeros(input_ids.shape, device=input_ids.device) if return_entropy else None
     for start in range(0, batch, step):
         rows = slice(start, start + step)
+        keep = predicts[rows]
+        if not keep.any():
+            continue
+        # a boolean logits_to_keep makes the model project only those hidden states: logits [N, V];
+        # without a score_mask every position is projected, as a plain forward does
         logits = model(input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                       position_ids=position_ids[rows], use_cache=False).logits
-        # logits[:, l] predicts token l + 1, so position 0 has no score
-        scored = logprobs_from_logits(logits[:, :-1], input_ids[rows, 1:], temperature, return_entropy)
+                       position_ids=position_ids[rows], use_cache=False,
+                       logits_to_keep=keep if score_mask is not None else 0).logits
+        logits = logits if score_mask is not None else logits[keep]
+        scored = logprobs_from_logits(logits, next_ids[rows][keep], temperature, return_entropy)
         del logits
-        logprob_parts.append(scored.logprobs)
-        entropy_parts.append(scored.entropy)
-    real = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # token and its predictor both real
-    zero_column = torch.zeros(batch, 1, device=input_ids.device)
-    logprobs = torch.cat([zero_column, torch.cat(logprob_parts).masked_fill(~real, 0.0)], dim=1)
-    entropy = None
-    if return_entropy:
-        entropy = torch.cat([zero_column, torch.cat(entropy_parts).masked_fill(~real, 0.0)], dim=1)
+        logprobs[rows] = _scatter_shifted(scored.logprobs, keep)
+        if return_entropy:
+            entropy[rows] = _scatter_shifted(scored.entropy, keep)
     return TokenLogprobs(logprobs, entropy)
+
+
+def _scatter_shifted(values: torch.Tensor, predicts: torch.Tensor) -> torch.Tensor:
+    """Place ``values`` [N] (one per True of ``predicts`` [B, L]) at the token each one scores: l + 1."""
+    out = torch.zeros(predicts.shape, dtype=values.dtype, device=values.device).masked_scatter(predicts, values)
+    return torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
+
+
+def token_budget_batches(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
+    """Split rows into batches of at most ``max_tokens`` padded tokens each (rows × longest row).
+
+    Rows are sorted by length first, so each batch pads only to its own longest row instead of the
+    whole batch's (length bucketing); a row longer than the budget is a batch of its own. Returns the
+    row indices of each batch, longest rows first; together they cover every row exactly once.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"token_budget_batches: max_tokens={max_tokens!r} must be >= 1.")
+    order = torch.argsort(lengths.cpu(), descending=True, stable=True)
+    batches, current, width = [], [], 0
+    for row in order.tolist():
+        if current and (len(current) + 1) * width > max_tokens:
+            batches.append(torch.tensor(current))
+            current = []
+        if not current:
+            width = max(1, int(lengths[row]))
+        current.append(row)
+    if current:
+        batches.append(torch.tensor(current))
+    return batches

@@ -55,6 +55,20 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-to
     return per_row.sum() / (tokens_per_row > 0).sum().clamp(min=1)
 
 
+def aggregation_units(mask: torch.Tensor, mode: str = "seq-mean-token-mean") -> int:
+    """The denominator of :func:`aggregate` for ``mask``: model tokens (``"token-mean"``) or rollouts
+    with at least one model token (the ``seq-mean-*`` modes).
+
+    Gradient accumulation over micro-batches of one mini-batch gives exactly the mini-batch's gradient
+    when each micro-batch's loss is weighted by units(micro) / units(mini-batch): the mean of a union
+    is the unit-weighted mean of the parts.
+    """
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode={mode!r} is not valid; choose one of {list(LOSS_AGG_MODES)}.")
+    mask = mask.bool()
+    return int(mask.sum()) if mode == "token-mean" else int(mask.any(dim=-1).sum())
+
+
 def turn_mean(values: torch.Tensor, turn_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """For each token, the mean of ``values`` over the masked-in tokens of its (rollout, turn).
 

@@ -21,7 +21,9 @@ Two scorers return the same [B, T+1] matrix (NaN past K_i):
               its tokens get position ids |c_t|, |c_t| + 1, … as if it followed c_t directly.
 
   Cost ≈ one pass over the rollout plus (K+1)·|s + a| probe tokens. Logits are only computed at the
-  positions that predict gold tokens. The custom mask needs the ``sdpa`` or ``eager`` attention
+  positions that predict gold tokens. Pass 1 is skipped when the rollout kept its KV cache
+  (``generate_rollouts(keep_kv=True)`` → ``traj.kv_prefix``): the contexts were already encoded
+  while sampling, so the probe costs only its (K+1)·|s + a| tokens. The custom mask needs the ``sdpa`` or ``eager`` attention
   implementation (the default ones); the agreement test against the naive scorer is the check that
   transformers honours it.
 """
@@ -31,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from .chat import ProbeSuffix, probe_suffix
+from .chat import ProbeSuffix, probe_suffix, prompt_options
 from .config import A2TGPOConfig
 from .logprobs import logprobs_from_logits, token_logprobs
 from .records import Trajectory
@@ -48,7 +50,7 @@ def probe_suffixes(tokenizer, traj: Trajectory, cfg: A2TGPOConfig) -> list[Probe
             raise ValueError(f"Trajectory.answers[{b}] is empty; every rollout needs a gold answer for the IG probe.")
         gold = aliases[0]
         if gold not in by_gold:
-            by_gold[gold] = probe_suffix(tokenizer, gold, cfg.system_prompt)
+            by_gold[gold] = probe_suffix(tokenizer, gold, **prompt_options(cfg))
         suffixes.append(by_gold[gold])
     return suffixes
 
@@ -88,11 +90,12 @@ def score_probes_naive(model, tokenizer, traj: Trajectory, cfg: A2TGPOConfig) ->
 
 
 def score_probes(model, tokenizer, traj: Trajectory, cfg: A2TGPOConfig,
-                 batch_size: Optional[int] = None) -> tuple[torch.Tensor, str]:
+                 batch_size: Optional[int] = None, reuse_cache: bool = True) -> tuple[torch.Tensor, str]:
     """Fast scorer (KV-cache prefix reuse, see the module docstring); same output as :func:`score_probes_naive`.
 
     Args:
         batch_size: rollouts per pass (default: all of them).
+        reuse_cache: read the contexts from ``traj.kv_prefix`` when the rollout kept it (skips pass 1).
 
     Returns:
         ``(probe_logprob_mean [B, T+1] float32 on the CPU, probe text of rollout 0)``; column t
@@ -113,7 +116,8 @@ def score_probes(model, tokenizer, traj: Trajectory, cfg: A2TGPOConfig,
         with torch.no_grad():
             for start in range(0, traj.batch_size, step):
                 rows = list(range(start, min(start + step, traj.batch_size)))
-                part = _score_rows(model, traj, [suffixes[b] for b in rows], rows, cfg.temperature)
+                prefix = traj.kv_prefix if reuse_cache else None
+                part = _score_rows(model, traj, [suffixes[b] for b in rows], rows, cfg.temperature, prefix)
                 scores[start: start + len(rows), : part.shape[1]] = part
     finally:
         model.train(was_training)
@@ -121,7 +125,7 @@ def score_probes(model, tokenizer, traj: Trajectory, cfg: A2TGPOConfig,
 
 
 def _score_rows(model, traj: Trajectory, suffixes: list[ProbeSuffix], rows: list[int],
-                temperature: float) -> torch.Tensor:
+                temperature: float, prefix=None) -> torch.Tensor:
     """ℓ [N, S] for the rollouts ``rows`` (S = 1 + their largest K; NaN past each row's K)."""
     device = next(model.parameters()).device
     n = len(rows)
@@ -132,13 +136,16 @@ def _score_rows(model, traj: Trajectory, suffixes: list[ProbeSuffix], rows: list
     slot_width = prefix_len + max(len(s.gold_ids) for s in suffixes)          # W tokens per probe slot
     gold_max = slot_width - prefix_len
 
-    # ---- pass 1: the longest context of every row into the KV cache (right-padded)
+    # ---- pass 1: the longest context of every row into the KV cache (right-padded), or the rollout's
     longest = ends[torch.arange(n), turns]                                    # [N] = |c_K|
     context_len = int(longest.max())
-    context_ids = traj.input_ids[rows, :context_len].cpu()
-    context_mask = (torch.arange(context_len)[None, :] < longest[:, None]).long()
-    cache = model(input_ids=context_ids.to(device), attention_mask=context_mask.to(device), use_cache=True,
-                  logits_to_keep=1).cache
+    if prefix is not None:
+        cache = prefix.cache(rows, longest)
+    else:
+        context_ids = traj.input_ids[rows, :context_len].cpu()
+        context_mask = (torch.arange(context_len)[None, :] < longest[:, None]).long()
+        cache = model(input_ids=context_ids.to(device), attention_mask=context_mask.to(device), use_cache=True,
+                      logits_to_keep=1).cache
 
     # ---- pass 2: S probe slots of W tokens per row
     # Per slot token: its offset in the slot, whether it is a real probe token, and which context it follows.

@@ -47,6 +47,9 @@ class Trajectory:
     questions, answers (gold aliases; IG uses the first), turn_texts (decoded text of each assistant
     turn), actions (``protocol.Action`` of each turn), observations (text after each tool turn),
     final_answer (None if none was parsed), end_reason (one of ``END_REASONS``), example_ids.
+
+    kv_prefix: the rollout's KV cache with holes removed (``rollout.KVPrefix``) when asked for with
+    ``keep_kv=True``, so the IG probe need not encode the contexts again; None otherwise.
     """
 
     input_ids: torch.Tensor
@@ -67,6 +70,7 @@ class Trajectory:
     final_answer: list[Optional[str]]
     end_reason: list[str]
     example_ids: list[str] = field(default_factory=list)
+    kv_prefix: Optional[Any] = None
 
     @property
     def batch_size(self) -> int:

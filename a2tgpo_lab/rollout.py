@@ -17,8 +17,19 @@ so every real token sits at the position it has in the row's compact sequence. R
 ended are dropped from the cache at turn boundaries.
 
 The returned :class:`~a2tgpo_lab.records.Trajectory` is the compact form (holes removed, right
-padding) with its masks, and ``old_logprobs`` recomputed by one no-grad forward over exactly those
-tensors at the sampling temperature, so π_old is the same computation the trainer's forward does.
+padding) with its masks and ``old_logprobs``, log π_old of every generated token at the sampling
+temperature (the full distribution, before top-p), in one of two ways (``cfg.old_logprobs``):
+
+- ``"sampler"``: read off the logits the sampler already has, log softmax(z / τ)[token], at no extra
+  cost. In float32 this equals a fresh forward over the finished batch to ~1e-6 (the decode ran the
+  same model in eval mode; only the order of floating-point sums differs).
+- ``"recompute"``: one more no-grad forward over exactly the finished tensors, the same computation
+  the trainer's forward does. With bf16/fp16 weights the incremental decode rounds differently from
+  a full forward, so this is the choice for a bf16 GPU run.
+
+With ``keep_kv=True`` the cache rows of ended rollouts are kept instead of dropped, compacted
+(holes removed) into a :class:`KVPrefix`: the IG probe reads its contexts from it instead of
+encoding them again (probe.py).
 
 Rules (``A2TGPOConfig``): ``max_new_tokens_per_turn`` caps one turn, ``max_completion_length`` caps
 everything after the prompt (observations included), ``max_turns`` caps the turns — a search in the
@@ -38,10 +49,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .chat import ObservationTemplate, encode, observation_template, prompt_ids
+from .chat import ObservationTemplate, encode, observation_template, prompt_ids, prompt_options
 from .config import A2TGPOConfig
 from .envs.qa import QAExample
-from .protocol import Action, parse_action
+from .protocol import Action, get_protocol
 from .records import Trajectory
 
 # Logits alive at once in the old-logprob forward: rows × length × vocab ≤ this (1 GiB of float32).
@@ -56,6 +67,7 @@ class _Rollout:
     prompt_index: int
     ids: list[int]
     turn_of_token: list[int]                  # 0 = prompt / observation, k = generated in turn k
+    logprobs: list[float]                     # log π_old(token) at the sampler, 0 for prompt / observation
     context_ends: list[int]                   # after the prompt, then after each observation
     turn_texts: list[str] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
@@ -80,12 +92,13 @@ class _CachedBatch:
     ``rows`` (which rollout each cache row belongs to).
     """
 
-    def __init__(self, model, pad_id: int, device: torch.device):
+    def __init__(self, model, pad_id: int, device: torch.device, keep_kv: bool = False):
         self.model, self.pad_id, self.device = model, pad_id, device
         self.cache = None
         self.mask = None
         self.next_position = None
         self.rows: list[int] = []
+        self.retired: Optional[dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]]] = {} if keep_kv else None
 
     def start(self, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
         """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``."""
@@ -95,13 +108,25 @@ class _CachedBatch:
         return self.feed(chunks)
 
     def keep(self, rows: list[int]) -> None:
-        """Drop every cache row whose rollout is not in ``rows`` (ended rollouts cost nothing more)."""
+        """Drop every cache row whose rollout is not in ``rows`` (ended rollouts cost nothing more).
+
+        With ``keep_kv`` the dropped rows are first retired: their keys / values, holes removed."""
         if rows == self.rows:
             return
         where = {row: i for i, row in enumerate(self.rows)}
+        if self.retired is not None:
+            self.retire([row for row in self.rows if row not in set(rows)])
         index = torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
         self.cache.batch_select_indices(index)
         self.mask, self.next_position, self.rows = self.mask[index], self.next_position[index], list(rows)
+
+    def retire(self, rows: list[int]) -> None:
+        """Keep the compacted cache of rollouts ``rows`` (each layer's [H, n_real, D] keys and values)."""
+        where = {row: i for i, row in enumerate(self.rows)}
+        for row in rows:
+            real = self.mask[where[row]].nonzero().squeeze(1)
+            self.retired[row] = ([layer.keys[where[row]][:, real] for layer in self.cache.layers],
+                                 [layer.values[where[row]][:, real] for layer in self.cache.layers])
 
     def feed(self, chunks: list[list[int]]) -> torch.Tensor:
         """Append ``chunks[i]`` (possibly empty) to cache row i; return next-token logits [N, V].
@@ -125,6 +150,53 @@ class _CachedBatch:
         self.cache = out.cache
         self.next_position = self.next_position + real.sum(dim=1)
         return out.logits[:, 0, :]
+
+
+@dataclass
+class KVPrefix:
+    """The rollouts' KV cache with the holes removed: row b's first ``lengths[b]`` tokens, right-padded.
+
+    ``keys[l]`` / ``values[l]`` are layer l's [B, H, C, D] tensors; column j of row b holds the token at
+    position j of the rollout's compact sequence (every token but its last, which was never fed).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    lengths: torch.Tensor
+
+    def cache(self, rows: list[int], needed: torch.Tensor):
+        """A fresh ``DynamicCache`` of rollouts ``rows`` holding (at least) their first ``needed[i]`` tokens."""
+        from transformers import DynamicCache
+
+        short = (self.lengths[rows] < needed).nonzero().flatten().tolist()
+        if short:
+            raise ValueError(f"KVPrefix: rollout {rows[short[0]]} has {int(self.lengths[rows[short[0]]])} cached "
+                             f"tokens, fewer than the {int(needed[short[0]])} asked for; was it made for this "
+                             "trajectory?")
+        index, width = torch.tensor(rows, device=self.keys[0].device), int(needed.max())
+        return DynamicCache([(k[index, :, :width], v[index, :, :width]) for k, v in zip(self.keys, self.values)])
+
+
+def _kv_prefix(retired: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]], batch: int) -> KVPrefix:
+    """Stack the retired rows (rollout order) into right-padded [B, H, C, D] tensors per layer."""
+    lengths = torch.tensor([retired[b][0][0].shape[1] for b in range(batch)])
+    width = int(lengths.max())
+    keys, values = [], []
+    for layer in range(len(retired[0][0])):
+        for parts, out in ((0, keys), (1, values)):
+            first = retired[0][parts][layer]
+            stacked = first.new_zeros(batch, first.shape[0], width, first.shape[2])
+            for b in range(batch):
+                stacked[b, :, : lengths[b]] = retired[b][parts][layer]
+            out.append(stacked)
+    return KVPrefix(keys, values, lengths)
+
+
+def _supports_kv_prefix(cache) -> bool:
+    """Only full-attention layers hold every past token (a sliding-window layer keeps the last few)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
 def sample_next_tokens(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
@@ -166,7 +238,8 @@ def stop_token_ids(model, tokenizer, template: ObservationTemplate) -> set[int]:
 def generate_rollouts(model, tokenizer, examples: Sequence[QAExample], tool: Callable[[str], str],
                       cfg: A2TGPOConfig, num_generations: Optional[int] = None, greedy: bool = False,
                       generator: Optional[torch.Generator] = None, progress: bool = False,
-                      reencode: bool = False) -> Trajectory:
+                      reencode: bool = False, old_logprobs: Optional[str] = None,
+                      keep_kv: bool = False) -> Trajectory:
     """Sample ``num_generations`` multi-turn rollouts per example (see the module docstring).
 
     Args:
@@ -179,42 +252,58 @@ def generate_rollouts(model, tokenizer, examples: Sequence[QAExample], tool: Cal
         generator: seeds the sampling (same generator state + same model → same rollouts).
         progress: show a tqdm bar over turns.
         reencode: rebuild the KV cache from the whole history each turn (benchmark / reference only).
+        old_logprobs: ``"sampler"``, ``"recompute"`` (module docstring) or ``"none"`` (zeros: greedy
+            evaluation never reads them); default ``cfg.old_logprobs``.
+        keep_kv: also return the compacted KV cache as ``traj.kv_prefix`` (for the IG probe); it
+            stays None for a model whose cache does not hold every past token.
 
     Returns:
         A right-padded :class:`Trajectory` of B = P·G rollouts, its tensors on the CPU.
     """
     if not examples:
         raise ValueError("generate_rollouts got no examples; pass a non-empty list of QAExample.")
+    old_logprobs = cfg.old_logprobs if old_logprobs is None else old_logprobs
+    if old_logprobs not in ("sampler", "recompute", "none"):
+        raise ValueError(f"generate_rollouts: old_logprobs={old_logprobs!r}; choose 'sampler', 'recompute' or 'none'.")
     group = cfg.num_generations if num_generations is None else num_generations
     if not isinstance(group, int) or group < 1:
         raise ValueError(f"generate_rollouts: num_generations={group!r} must be a positive integer.")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("The tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token.")
-    template = observation_template(tokenizer, cfg.observation_role, cfg.system_prompt)
+    template = observation_template(tokenizer, cfg.observation_role, **prompt_options(cfg))
     stops = stop_token_ids(model, tokenizer, template)
     device = next(model.parameters()).device
 
     rollouts = []
     for p, example in enumerate(examples):
-        prompt = prompt_ids(tokenizer, example.question, cfg.system_prompt)
-        rollouts += [_Rollout(example, p, list(prompt), [0] * len(prompt), [len(prompt)]) for _ in range(group)]
+        prompt = prompt_ids(tokenizer, example.question, observation_role=cfg.observation_role, **prompt_options(cfg))
+        rollouts += [_Rollout(example, p, list(prompt), [0] * len(prompt), [0.0] * len(prompt), [len(prompt)])
+                     for _ in range(group)]
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            _run_turns(model, tokenizer, rollouts, tool, cfg, template, stops, pad_id, device, greedy, generator,
-                       progress, reencode)
-            return _to_trajectory(model, rollouts, cfg, pad_id, device)
+            kv_prefix = _run_turns(model, tokenizer, rollouts, tool, cfg, template, stops, pad_id, device, greedy,
+                                   generator, progress, reencode, old_logprobs == "sampler", keep_kv)
+            traj = _to_trajectory(rollouts, cfg, pad_id)
+            traj.kv_prefix = kv_prefix
+            if old_logprobs == "recompute":
+                traj.old_logprobs = recompute_old_logprobs(model, traj, cfg)
+            return traj
     finally:
         model.train(was_training)
 
 
 def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConfig, template: ObservationTemplate,
-               stops: set[int], pad_id: int, device, greedy: bool, generator, progress: bool, reencode: bool) -> None:
-    """Advance every rollout turn by turn until all have ended (fills the rollouts in place)."""
-    batch = _CachedBatch(model, pad_id, device)
+               stops: set[int], pad_id: int, device, greedy: bool, generator, progress: bool, reencode: bool,
+               sampler_logprobs: bool, keep_kv: bool) -> Optional[KVPrefix]:
+    """Advance every rollout turn by turn until all have ended (fills the rollouts in place); return the
+    compacted cache when ``keep_kv`` (and the model's cache supports it)."""
+    from .logprobs import logprobs_from_logits
+
+    batch = _CachedBatch(model, pad_id, device, keep_kv=keep_kv)
     live = list(range(len(rollouts)))
     logits = batch.start(live, [rollouts[i].ids for i in live])
     turns = range(1, cfg.max_turns + 1)
@@ -230,12 +319,17 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
         hit_length_cap = set()
         while True:
             active = [j for j, i in enumerate(batch.rows) if generating[i]]
-            tokens = sample_next_tokens(logits[active], cfg.temperature, cfg.top_p, greedy, generator).tolist()
-            for j, token in zip(active, tokens):
+            chosen = logits[active]
+            sampled = sample_next_tokens(chosen, cfg.temperature, cfg.top_p, greedy, generator)
+            # log π_old(token) of the full distribution at temperature τ, as a fresh forward would score it
+            scores = (logprobs_from_logits(chosen, sampled, cfg.temperature).logprobs.tolist() if sampler_logprobs
+                      else [0.0] * len(active))
+            for j, token, score in zip(active, sampled.tolist(), scores):
                 i = batch.rows[j]
                 rollout = rollouts[i]
                 rollout.ids.append(token)
                 rollout.turn_of_token.append(turn)
+                rollout.logprobs.append(score)
                 pending[i] = [token]
                 if rollout.completion_length >= cfg.max_completion_length:
                     hit_length_cap.add(i)
@@ -252,7 +346,7 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
             rollout = rollouts[i]
             generated = rollout.ids[turn_start[i]:]
             text = tokenizer.decode(generated, skip_special_tokens=True).strip()
-            action = parse_action(text)
+            action = get_protocol(cfg.protocol).parse_action(text, rollout.turn_texts)
             rollout.turn_texts.append(text)
             rollout.actions.append(action)
             if action.kind == "answer":
@@ -275,11 +369,15 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
         if not live:
             break
         # ---- feed the observations (and each turn's last token) to start the next turn
+        batch.keep(live)
         if reencode:
             logits = batch.start(live, [rollouts[i].ids for i in live])
         else:
-            batch.keep(live)
             logits = batch.feed([pending[i] for i in live])
+    if batch.retired is None or not _supports_kv_prefix(batch.cache):
+        return None
+    batch.retire(batch.rows)
+    return _kv_prefix(batch.retired, len(rollouts))
 
 
 def _observe(tool, query: str, tokenizer, template: ObservationTemplate, cfg: A2TGPOConfig, last_token: int,
@@ -293,6 +391,7 @@ def _observe(tool, query: str, tokenizer, template: ObservationTemplate, cfg: A2
     if not isinstance(text, str):
         raise TypeError(f"The tool returned {type(text).__name__} for query {query!r}; it must return the "
                         "observation text (a string, e.g. protocol.format_observation(passages)).")
+    text = get_protocol(cfg.protocol).observation(text)  # the protocol's own result tags
     body = encode(tokenizer, text)[: cfg.max_observation_tokens]
     closed = bool(template.close_ids) and last_token == template.close_ids[0]
     between = template.between_turns(body, turn_closed=closed)
@@ -300,38 +399,35 @@ def _observe(tool, query: str, tokenizer, template: ObservationTemplate, cfg: A2
         return None
     rollout.ids += between
     rollout.turn_of_token += [0] * len(between)
+    rollout.logprobs += [0.0] * len(between)
     rollout.context_ends.append(len(rollout.ids))
     rollout.observations.append(tokenizer.decode(body, skip_special_tokens=False))
     return between
 
 
-def _to_trajectory(model, rollouts: list[_Rollout], cfg: A2TGPOConfig, pad_id: int, device) -> Trajectory:
-    """Right-pad the compact rollouts into tensors, recompute π_old on exactly those tensors, score outcomes."""
-    from .logprobs import token_logprobs
+def _to_trajectory(rollouts: list[_Rollout], cfg: A2TGPOConfig, pad_id: int) -> Trajectory:
+    """Right-pad the compact rollouts into tensors (with the sampler's log-probs), score outcomes."""
     from .rewards import outcome_reward
 
     batch, length, width = len(rollouts), max(len(r.ids) for r in rollouts), cfg.max_turns + 1
     input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((batch, length), dtype=torch.long)
     turn_ids = torch.zeros((batch, length), dtype=torch.long)
+    old = torch.zeros((batch, length))
     context_ends = torch.full((batch, width), -1, dtype=torch.long)
     for b, rollout in enumerate(rollouts):
         n = len(rollout.ids)
         input_ids[b, :n] = torch.tensor(rollout.ids)
         attention_mask[b, :n] = 1
         turn_ids[b, :n] = torch.tensor(rollout.turn_of_token)
+        old[b, :n] = torch.tensor(rollout.logprobs)
         context_ends[b, : len(rollout.context_ends)] = torch.tensor(rollout.context_ends)
     loss_mask = turn_ids > 0
     num_tool_turns = torch.tensor([len(r.context_ends) - 1 for r in rollouts], dtype=torch.long)
     has_answer_turn = (turn_ids == num_tool_turns[:, None] + 1).any(dim=1)
-
-    vocab = model.get_output_embeddings().weight.shape[0]
-    chunk = max(1, _LOGITS_BUDGET // (length * vocab))
-    old = token_logprobs(model, input_ids.to(device), attention_mask.to(device), temperature=cfg.temperature,
-                         chunk=chunk).logprobs.cpu()
     return Trajectory(
         input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, turn_ids=turn_ids,
-        old_logprobs=old.masked_fill(~loss_mask, 0.0), context_ends=context_ends,
+        old_logprobs=old, context_ends=context_ends,
         prompt_index=torch.tensor([r.prompt_index for r in rollouts], dtype=torch.long),
         num_tool_turns=num_tool_turns, has_answer_turn=has_answer_turn,
         outcome_reward=torch.tensor([outcome_reward(r.final_answer, r.example.answers, r.end_reason != "answer",
@@ -341,3 +437,34 @@ def _to_trajectory(model, rollouts: list[_Rollout], cfg: A2TGPOConfig, pad_id: i
         actions=[r.actions for r in rollouts], observations=[r.observations for r in rollouts],
         final_answer=[r.final_answer for r in rollouts], end_reason=[r.end_reason for r in rollouts],
         example_ids=[r.example.id for r in rollouts])
+
+
+def recompute_old_logprobs(model, traj: Trajectory, cfg: A2TGPOConfig) -> torch.Tensor:
+    """log π_old [B, L] of the generated tokens (0 elsewhere) by a no-grad, eval-mode forward over the
+    finished batch (``old_logprobs="recompute"``), in length buckets of ``cfg.micro_batch_tokens``."""
+    from .logprobs import token_budget_batches, token_logprobs
+
+    device = next(model.parameters()).device
+    lengths = traj.attention_mask.sum(dim=1)
+    score_mask = traj.loss_mask if cfg.scored_logits_only else None
+    if cfg.micro_batch_tokens is None:
+        vocab = model.get_output_embeddings().weight.shape[0]
+        step = max(1, _LOGITS_BUDGET // (traj.input_ids.shape[1] * vocab))
+        buckets = list(torch.arange(traj.batch_size).split(step))
+    else:
+        buckets = token_budget_batches(lengths, cfg.micro_batch_tokens)
+    old = torch.zeros(traj.input_ids.shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for rows in buckets:
+                width = int(lengths[rows].max())
+                scored = token_logprobs(
+                    model, traj.input_ids[rows, :width].to(device), traj.attention_mask[rows, :width].to(device),
+                    temperature=cfg.temperature,
+                    score_mask=None if score_mask is None else score_mask[rows, :width].to(device)).logprobs
+                old[rows, :width] = scored.cpu()
+    finally:
+        model.train(was_training)
+    return old.masked_fill(~traj.loss_mask.cpu(), 0.0)

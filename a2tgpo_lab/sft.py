@@ -14,6 +14,13 @@ question after its first search, a two-part or comparison question after one of 
 The warm-started model then usually shortcuts when decoding greedily, but sampling still takes the
 full path some of the time, which is exactly what GRPO / A²TGPO can reinforce.
 
+Lazy first searches (``lazy_query_rate``): a ``namesake`` question ("where was the founder of C
+born ?" while a person also named C exists) has a tempting one-search query, "C born", that finds
+the namesake's birth city instead. With this probability a namesake demonstration starts with that
+lazy search; then, with probability ``fooled_rate``, it answers the wrong city it found, and
+otherwise it recovers by following the careful searches. The warm-started policy thus makes good
+and bad first searches for the same question, and a bad one does not always end in a wrong answer.
+
 Entity renaming (``rename_rate``): a tiny model trained on a few hundred questions memorises their
 names instead of learning to copy a name from the question or the search result, and a name it
 never had to output gets a very low probability. So, with probability ``rename_rate``, every entity
@@ -45,7 +52,9 @@ def bundled_model_dir() -> Path:
 def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str], rng: random.Random,
                         shortcut_rate: float = 0.7, rename_rate: float = 0.0,
                         entities: Optional[Mapping[str, Sequence[str]]] = None,
-                        system_prompt: str = SYSTEM_PROMPT) -> list[Messages]:
+                        system_prompt: str = SYSTEM_PROMPT,
+                        shortcut_rates: Optional[Mapping[str, float]] = None,
+                        lazy_query_rate: float = 0.0, fooled_rate: float = 0.5) -> list[Messages]:
     """One chat (list of ``{"role", "content"}``) per example, following ``meta["queries"]`` with ``tool``.
 
     Each search turn issues the next careful query and is followed by the tool's observation; the
@@ -54,10 +63,17 @@ def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str
     number of them (at least one, fewer than all) and answers a guess drawn from the answers of
     same-type examples, keeping whatever the searches already revealed.
 
+    ``shortcut_rates`` overrides ``shortcut_rate`` per question type (e.g. ``{"multi_part": 0.5}``).
+    With probability ``lazy_query_rate`` an example with ``meta["trap_query"]`` starts with that lazy
+    search, then answers the trap's wrong city (probability ``fooled_rate``) or recovers.
+
     With probability ``rename_rate`` the chat's entities are renamed (see the module docstring);
     ``entities`` maps each kind (e.g. ``"people"``) to every name of that kind.
     """
-    for name, rate in (("shortcut_rate", shortcut_rate), ("rename_rate", rename_rate)):
+    shortcut_rates = dict(shortcut_rates or {})
+    rates = [("shortcut_rate", shortcut_rate), ("rename_rate", rename_rate), ("lazy_query_rate", lazy_query_rate),
+             ("fooled_rate", fooled_rate)] + [(f"shortcut_rates[{q!r}]", r) for q, r in shortcut_rates.items()]
+    for name, rate in rates:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"make_demonstrations: {name}={rate!r} must be in [0, 1].")
     if rename_rate > 0 and not entities:
@@ -70,14 +86,25 @@ def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str
         if not queries:
             raise ValueError(f"make_demonstrations: example {example.id!r} has no meta['queries'] (the careful "
                              "agent's searches); use the bundled world's questions or add them.")
-        searches = len(queries)
-        if searches >= 2 and rng.random() < shortcut_rate:
-            searches = rng.randint(1, len(queries) - 1)
         messages = [{"role": "system", "content": system_prompt}, {"role": "user", "content": example.question}]
-        for query in queries[:searches]:
+
+        def search(query: str) -> None:
             messages.append({"role": "assistant", "content": format_search(query)})
             messages.append({"role": "user", "content": tool(query)})
-        answer = example.answers[0] if searches == len(queries) else _guess(example, pools, rng)
+
+        if "trap_query" in example.meta and rng.random() < lazy_query_rate:
+            search(example.meta["trap_query"])
+            fooled = rng.random() < fooled_rate
+            for query in [] if fooled else queries:
+                search(query)
+            answer = example.meta["trap_answer"] if fooled else example.answers[0]
+        else:
+            searches = len(queries)
+            if searches >= 2 and rng.random() < shortcut_rates.get(example.qtype, shortcut_rate):
+                searches = rng.randint(1, len(queries) - 1)
+            for query in queries[:searches]:
+                search(query)
+            answer = example.answers[0] if searches == len(queries) else _guess(example, pools, rng)
         messages.append({"role": "assistant", "content": format_answer(answer)})
         if rng.random() < rename_rate:
             messages = _renamed(messages, kind_of, entities, rng)

@@ -15,6 +15,7 @@ the JSONL log gets its metrics, and the dashboard draws it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -51,14 +52,17 @@ class A2TGPOTrainer:
                  eval_examples: Optional[Sequence[QAExample]] = None,
                  tool: Optional[Callable[[str], str]] = None, callbacks: Sequence[Any] = (),
                  keep_records: int = 50):
-        from .models import check_reference_available, load_model_and_tokenizer
+        from .models import is_peft_model, load_model_and_tokenizer
 
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         if model is None or tokenizer is None:
             model, tokenizer = load_model_and_tokenizer(cfg)
         self.model, self.tokenizer = model, tokenizer
-        check_reference_available(cfg, model)  # KL needs LoRA (reference = adapters off): fail before rolling out
+        # The KL reference π_ref (ALGORITHM.md §6): under LoRA the same model with adapters disabled (free); for a
+        # full fine-tune a frozen copy of the starting weights, made before any checkpoint is loaded (it doubles
+        # the model's memory: fine for small models, use LoRA for large ones).
+        self.reference_model = _frozen_copy(model) if cfg.beta > 0 and not is_peft_model(model) else None
         self.device = next(model.parameters()).device
         self.train_examples, self.eval_examples = _resolve_examples(cfg, train_examples, eval_examples)
         self.tool = tool if tool is not None else _resolve_tool(cfg)
@@ -132,24 +136,35 @@ class A2TGPOTrainer:
     def step(self) -> StepRecord:
         """Run one RL step (see the module docstring) and return its record."""
         from .advantages import broadcast_to_tokens, compute_advantages
-        from .clipping import adaptive_clip_factor, clip_bounds
+        from .clipping import clip_bounds, turn_clip_factors
         from .info_gain import information_gain
         from .probe import score_probes
-        from .rollout import generate_rollouts
+        from .rollout import generate_rollouts, recompute_old_logprobs
 
         cfg, model, step = self.cfg, self.model, self.global_step
         started = time.perf_counter()
         examples = self.batch_examples(step)
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + step)
+        phases = _PhaseTimer()
 
         model.eval()
         with torch.no_grad():
-            traj = generate_rollouts(model, self.tokenizer, examples, self.tool, cfg, generator=generator)
+            with phases("generation"):
+                traj = generate_rollouts(model, self.tokenizer, examples, self.tool, cfg, generator=generator,
+                                         old_logprobs="sampler" if cfg.old_logprobs == "sampler" else "none",
+                                         keep_kv=cfg.uses_ig and cfg.probe_reuse_cache)
+            with phases("old_logprob"):
+                if cfg.old_logprobs == "recompute":
+                    traj.old_logprobs = recompute_old_logprobs(model, traj, cfg)
             traj = traj.to(self.device)
             B, T = traj.batch_size, traj.max_turns
             if cfg.uses_ig:
-                probe_logprob_mean, probe_text = score_probes(model, self.tokenizer, traj, cfg)
-                ig, p, nonfinite = information_gain(probe_logprob_mean, traj.num_tool_turns, mode=cfg.ig_mode)
+                with phases("ig_forward"):
+                    probe_logprob_mean, probe_text = score_probes(model, self.tokenizer, traj, cfg,
+                                                                  reuse_cache=cfg.probe_reuse_cache)
+                    ig, p, nonfinite = information_gain(probe_logprob_mean, traj.num_tool_turns, mode=cfg.ig_mode,
+                                                        first_turn=cfg.ig_first_turn)
+                traj.kv_prefix = None  # the cache served the probe; free it before the update
             else:
                 probe_text, nonfinite = "", 0
                 ig = torch.full((B, T), float("nan"))
@@ -157,11 +172,7 @@ class A2TGPOTrainer:
 
         adv = compute_advantages(cfg, ig.cpu(), traj.outcome_reward.cpu(), traj.prompt_index.cpu(),
                                  traj.num_tool_turns.cpu())
-        if cfg.adaptive_clip:
-            clip_factor = adaptive_clip_factor(adv.ig_norm, cfg.clip_beta, traj.num_tool_turns.cpu(),
-                                               outcome_norm=adv.outcome_norm, answer_turn=cfg.answer_turn_clip)
-        else:
-            clip_factor = torch.ones(B, T)
+        clip_factor = turn_clip_factors(cfg, adv.ig_norm, adv.outcome_norm, traj.num_tool_turns.cpu())
         clip_low, clip_high = clip_bounds(clip_factor, cfg.epsilon, cfg.epsilon_high)
 
         turn_ids, loss_mask = traj.turn_ids, traj.loss_mask
@@ -169,20 +180,22 @@ class A2TGPOTrainer:
         token_low = broadcast_to_tokens(clip_low.to(self.device), turn_ids, loss_mask)
         token_high = broadcast_to_tokens(clip_high.to(self.device), turn_ids, loss_mask)
 
-        update = self._ppo_update(traj, token_adv, token_low, token_high)
+        with phases("actor_update"):
+            update = self._ppo_update(traj, token_adv, token_low, token_high)
 
         record = self._make_record(step, traj, examples, p, ig, nonfinite, adv, clip_factor, clip_low, clip_high,
                                    token_adv, update, probe_text, time.perf_counter() - started)
+        record.elapsed_s = time.perf_counter() - started
+        record.metrics.update(phases.metrics(record.elapsed_s))
         self.global_step += 1
         return record
 
     def _ppo_update(self, traj: Trajectory, token_adv, token_low, token_high) -> dict:
         """``num_iterations`` passes of ``num_mini_batches`` optimizer steps, each accumulated over
-        ``gradient_accumulation_steps`` micro-batches. Returns the last pass's per-token ratio / clip
-        flags and the mean loss-side metrics."""
+        micro-batches (:meth:`_micro_batches`). Returns the last pass's per-token ratio / clip flags and
+        the mean loss-side metrics."""
         from .logprobs import token_logprobs
-        from .loss import policy_loss
-        from .models import disabled_adapters
+        from .loss import aggregation_units, policy_loss
 
         cfg, model = self.cfg, self.model
         B = traj.batch_size
@@ -190,36 +203,42 @@ class A2TGPOTrainer:
         clipped = torch.zeros(traj.input_ids.shape, dtype=torch.int8)
         collected: list[dict] = []
         order_rng = torch.Generator().manual_seed(self.cfg.seed * 7_919 + self.global_step)
-        model.train()
+        _train_with_dropout_off(model)
         for _ in range(cfg.num_iterations):
             order = torch.randperm(B, generator=order_rng)
             for mini in order.chunk(cfg.num_mini_batches):
                 self.optimizer.zero_grad(set_to_none=True)
                 losses = []
-                for micro in mini.chunk(cfg.gradient_accumulation_steps):
+                mini_units = aggregation_units(traj.loss_mask[mini.to(self.device)], cfg.loss_agg_mode)
+                for micro in self._micro_batches(traj, mini):
                     rows = micro.to(self.device)
-                    ids, attn = traj.input_ids[rows], traj.attention_mask[rows]
+                    # columns past the micro-batch's longest rollout are padding in every row: leave them out
+                    width = int(traj.attention_mask[rows].sum(dim=1).max())
+                    ids, attn = traj.input_ids[rows, :width], traj.attention_mask[rows, :width]
+                    loss_mask = traj.loss_mask[rows, :width]
+                    scored = loss_mask if cfg.scored_logits_only else None
                     want_entropy = cfg.entropy_coeff > 0
                     logprobs, entropy = token_logprobs(model, ids, attn, temperature=cfg.temperature,
-                                                       return_entropy=want_entropy)
-                    ref = None
-                    if cfg.beta > 0:
-                        with torch.no_grad(), disabled_adapters(model):
-                            ref, _ = token_logprobs(model, ids, attn, temperature=cfg.temperature)
+                                                       return_entropy=want_entropy, score_mask=scored)
+                    ref = self._reference_logprobs(ids, attn, scored) if cfg.beta > 0 else None
                     loss, out = policy_loss(
-                        logprobs, traj.old_logprobs[rows], token_adv[rows], traj.turn_ids[rows],
-                        traj.loss_mask[rows], token_low[rows], token_high[rows], ratio_level=cfg.ratio_level,
-                        dual_clip=cfg.dual_clip, loss_agg_mode=cfg.loss_agg_mode, ref_logprobs=ref, beta=cfg.beta,
-                        kl_estimator=cfg.kl_estimator, entropy=entropy, entropy_coeff=cfg.entropy_coeff)
-                    scaled = loss * (len(micro) / len(mini))
+                        logprobs, traj.old_logprobs[rows, :width], token_adv[rows, :width],
+                        traj.turn_ids[rows, :width], loss_mask, token_low[rows, :width], token_high[rows, :width],
+                        ratio_level=cfg.ratio_level, dual_clip=cfg.dual_clip, loss_agg_mode=cfg.loss_agg_mode,
+                        ref_logprobs=ref, beta=cfg.beta, kl_estimator=cfg.kl_estimator, entropy=entropy,
+                        entropy_coeff=cfg.entropy_coeff)
+                    # The loss is a mean over this micro-batch's units (tokens or rollouts); weighting it by
+                    # its share of the mini-batch's units makes the summed gradient the mini-batch's own.
+                    units = aggregation_units(traj.loss_mask[rows], cfg.loss_agg_mode)
+                    scaled = loss * (units / max(mini_units, 1))
                     if not torch.isfinite(scaled):
                         # A NaN/inf loss is counted and its micro-batch skipped, never trained on.
                         self.nonfinite_loss_steps += 1
                         continue
                     scaled.backward()
                     losses.append(loss.item())
-                    ratio[micro] = out.ratio.detach().float().cpu()
-                    clipped[micro] = out.clipped.cpu()
+                    ratio[micro, :width] = out.ratio.detach().float().cpu()
+                    clipped[micro, :width] = out.clipped.cpu()
                     collected.append(out.metrics)
                 params = [p for p in model.parameters() if p.requires_grad]
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -238,6 +257,30 @@ class A2TGPOTrainer:
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         metrics["train/nonfinite_skipped"] = float(self.nonfinite_loss_steps)
         return {"ratio": ratio, "clipped": clipped, "metrics": metrics}
+
+    def _micro_batches(self, traj: Trajectory, mini: torch.Tensor) -> list[torch.Tensor]:
+        """The mini-batch's rows split for gradient accumulation: by length into micro-batches of at most
+        ``micro_batch_tokens`` padded tokens, or (None) into ``gradient_accumulation_steps`` equal chunks."""
+        from .logprobs import token_budget_batches
+
+        if self.cfg.micro_batch_tokens is None:
+            return list(mini.chunk(self.cfg.gradient_accumulation_steps))
+        lengths = traj.attention_mask[mini.to(self.device)].sum(dim=1)
+        return [mini[part] for part in token_budget_batches(lengths, self.cfg.micro_batch_tokens)]
+
+    def _reference_logprobs(self, ids: torch.Tensor, attn: torch.Tensor,
+                            score_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """log π_ref of every token (no gradient): the frozen copy, or the policy with its adapters disabled."""
+        from .logprobs import token_logprobs
+        from .models import disabled_adapters
+
+        temperature = self.cfg.temperature
+        with torch.no_grad():
+            if self.reference_model is not None:
+                return token_logprobs(self.reference_model, ids, attn, temperature=temperature,
+                                      score_mask=score_mask).logprobs
+            with disabled_adapters(self.model):
+                return token_logprobs(self.model, ids, attn, temperature=temperature, score_mask=score_mask).logprobs
 
     def _make_record(self, step, traj, examples, p, ig, nonfinite, adv, clip_factor, clip_low, clip_high,
                      token_adv, update, probe_text, elapsed) -> StepRecord:
@@ -368,6 +411,56 @@ class A2TGPOTrainer:
                                     "train first or set resume_from_checkpoint to a checkpoint path.")
         self.global_step, self.history = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         return self.global_step
+
+
+class _PhaseTimer:
+    """Seconds spent in each named phase of a step: ``with phases("generation"): ...``.
+
+    ``metrics(total)`` gives ``time/<phase>`` for the phases of the paper's step-time split (0 for a
+    phase that did not run, e.g. the IG forward of GRPO), ``time/other`` = the rest of the step
+    (advantages, clipping, the record) and ``time/step_s`` = the total."""
+
+    PHASES = ("generation", "ig_forward", "old_logprob", "actor_update")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
+
+    def metrics(self, total: float) -> dict[str, float]:
+        out = {f"time/{phase}": seconds for phase, seconds in self.seconds.items()}
+        out["time/other"] = max(0.0, total - sum(self.seconds.values()))
+        out["time/step_s"] = total
+        return out
+
+
+def _train_with_dropout_off(model) -> None:
+    """Every module in eval mode (dropout off, LoRA dropout included), except the layers that run gradient
+    checkpointing, which only acts in train mode.
+
+    The rollout computes log π_old with dropout off; the PPO forward must compute log π_θ the same way, or the
+    ratio of the first pass is dropout noise instead of 1 (with LoRA dropout 0.05 the turn log-ratio reached
+    0.13, forty times the turn-level clip band).
+    """
+    model.eval()
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            module.train()
+
+
+def _frozen_copy(model):
+    """A copy of ``model`` that never trains: the KL reference of a full fine-tune."""
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 def _finite(metrics: dict) -> dict:

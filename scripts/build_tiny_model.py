@@ -1,6 +1,15 @@
 """Build the bundled tiny model (data/tiny_model/): word-level tokenizer, Qwen3 from a config, SFT warm start.
 
-    python scripts/build_tiny_model.py            # ≈ 20-25 minutes on one CPU thread, then writes data/tiny_model/
+    python scripts/build_tiny_model.py            # both phases from scratch, ≈ 30 minutes on one CPU thread
+    python scripts/build_tiny_model.py --init_from data/tiny_model --phase1_steps 0   # phase 2 only
+
+The warm start has two phases. Phase 1 (``--phase1_steps``, from a random init) teaches the protocol
+and copying on the plain mixture (multi-hop demonstrations shortcut to a guess with probability
+``--shortcut_rate``). Phase 2 (``--phase2_steps``, lower learning rate) continues on the full
+behaviour mixture: per-type shortcut rates (``--shortcut_rates``) and lazy first searches on namesake
+questions (``--lazy_query_rate``), so that sampling attempts the right behaviour on every question
+type at a low rate. ``--init_from DIR`` starts from a saved model instead of a random init (its
+vocabulary must equal the one built from the current world).
 
 Steps: (1) a word-level tokenizer over the bundled corpus, every question and answer, and the
 protocol words; (2) a randomly initialised Qwen3 (hidden 128, 4 layers); (3) supervised warm start on
@@ -16,16 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from a2tgpo_lab.envs.search import bundled_search_tool
 from a2tgpo_lab.envs.world import QTYPES, bundled_corpus_path, bundled_world_dir, load_split
-from a2tgpo_lab.rewards import exact_match
-from a2tgpo_lab.sft import make_demonstrations, play_episode, train_sft
+from a2tgpo_lab.sft import make_demonstrations, train_sft
 from a2tgpo_lab.tiny import build_tiny_qwen, build_word_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,36 +51,40 @@ def build_tokenizer():
 
 
 def evaluate(model, tokenizer, tool, examples, samples_per_question: int, seed: int) -> dict:
-    """Greedy EM (overall and per qtype), protocol-following rate, and how often T = 1 sampling fixes a greedy
-    miss on a chain or two-part question."""
-    torch.manual_seed(seed)
-    by_type, followed, transcripts = defaultdict(list), 0, []
-    rescued, misses = 0, 0
-    for example in examples:
-        chat, answer = play_episode(model, tokenizer, example.question, tool)
-        correct = answer is not None and exact_match(answer, example.answers) == 1.0
-        by_type[example.qtype].append(correct)
-        followed += answer is not None
-        if len(transcripts) < 6:
-            transcripts.append((example, chat))
-        # Yes/no comparisons are left out: a lucky guess there says nothing about the search path.
-        if not correct and example.qtype in ("chain2", "chain3", "multi_part") and samples_per_question:
-            misses += 1
-            for _ in range(samples_per_question):
-                _, sampled = play_episode(model, tokenizer, example.question, tool, do_sample=True)
-                if sampled is not None and exact_match(sampled, example.answers) == 1.0:
-                    rescued += 1
-                    break
-    total = sum(len(v) for v in by_type.values())
+    """Greedy EM per question type, and what T = 1 sampling does per type: the mean EM of
+    ``samples_per_question`` samples, and how often a sample makes at least as many searches as the
+    question needs (it attempts the full path), with batched rollouts as in RL."""
+    from a2tgpo_lab import A2TGPOConfig
+    from a2tgpo_lab.evaluation import evaluate_agent
+    from a2tgpo_lab.rollout import generate_rollouts
+
+    cfg = A2TGPOConfig(model_name_or_path="unused")
+    greedy = evaluate_agent(model, tokenizer, examples, tool, cfg)
+    generator = torch.Generator().manual_seed(seed)
+    sampled_em, full_path = defaultdict(list), defaultdict(list)
+    for start in range(0, len(examples), 32):
+        chunk = examples[start:start + 32]
+        with torch.no_grad():
+            traj = generate_rollouts(model, tokenizer, chunk, tool, cfg, num_generations=samples_per_question,
+                                     generator=generator)
+        for b in range(traj.batch_size):
+            example = chunk[int(traj.prompt_index[b])]
+            sampled_em[example.qtype].append(float(traj.outcome_reward[b]) == 1.0)
+            full_path[example.qtype].append(int(traj.num_tool_turns[b]) >= example.hops)
     return {
-        "em": sum(sum(v) for v in by_type.values()) / total,
-        "em_by_qtype": {q: sum(by_type[q]) / len(by_type[q]) for q in QTYPES if by_type[q]},
-        "answered_in_protocol": followed / total,
-        "greedy_multi_hop_misses": misses,
-        "rescued_by_sampling": rescued,
+        "em": greedy["eval/em"], "answered_in_protocol": 1.0 - greedy["eval/format_error_rate"],
+        "search_calls": greedy["eval/search_calls"],
+        "rows": {q: (greedy[f"eval/em/{q}"], float(np.mean(sampled_em[q])), float(np.mean(full_path[q])))
+                 for q in QTYPES if f"eval/em/{q}" in greedy},
         "samples_per_question": samples_per_question,
-        "transcripts": transcripts,
     }
+
+
+def play_examples(model, tokenizer, tool, examples) -> list:
+    """A few greedy transcripts for the model card."""
+    from a2tgpo_lab.sft import play_episode
+
+    return [(example, play_episode(model, tokenizer, example.question, tool)[0]) for example in examples]
 
 
 MODEL_CARD = """# Bundled tiny model (warm start)
@@ -86,27 +100,21 @@ room for RL to improve.
 - Tokenizer: `a2tgpo_lab.tiny.build_word_tokenizer` over the bundled corpus (`data/world/corpus.jsonl`), every
   question and answer of every split, and the protocol words.
 - Model: `a2tgpo_lab.tiny.build_tiny_qwen(tokenizer, hidden_size={hidden}, num_layers={layers}, seed={seed})`.
-- Supervised warm start (`a2tgpo_lab.sft`): {n_demos:,} demonstrations ({repeats} per question of the `sft` split,
-  whose questions ask about other companies and people than `train` / `dev` / `test`), loss on assistant
-  tokens only; {steps} steps, batch {batch_size}, AdamW lr {lr:g} with {warmup} warm-up steps and cosine decay; final
-  loss {final_loss:.3f}; {minutes:.1f} minutes on one CPU thread.
-- Deliberate imperfection for RL headroom: with probability {shortcut_rate:g} a multi-hop demonstration stops
-  after one search (or two, for the 3-hop type) and answers a guess.
-- Entity renaming: {rename_rate:.0%} of the demonstrations have every entity consistently replaced by a random
-  entity of the same kind (fictional but self-consistent chats), so the model learns to copy names from the
-  question and the search results instead of memorising facts; it never sees the true facts behind the
-  `train` / `dev` / `test` questions. The loss plateaus near 0.8 until copying "clicks" (≈ step 1300-1600).
+- Supervised warm start (`a2tgpo_lab.sft`) on demonstrations built from the `sft` split, whose questions ask
+  about other companies and people than `train` / `dev` / `test`; loss on assistant tokens only; batch
+  {batch_size}, AdamW, warm-up then cosine decay; every entity of every demonstration consistently renamed to
+  a random entity of the same kind (fictional but self-consistent chats), so the model learns to copy names
+  from the question and the search results and never sees the true facts behind the RL / evaluation questions.
+{phases}
+## Measured (`dev` split, {n_dev} questions, max 4 turns)
 
-## Measured (greedy, `dev` split, {n_dev} questions, max 4 turns)
+Greedy exact match {em:.1%}; answered in protocol {followed:.1%}; {searches:.2f} searches per question.
+Per question type: greedy EM, and with T = 1 sampling ({samples} samples per question, batched as in RL) the
+mean EM and the share of samples that make at least as many searches as the question needs.
 
-| | value |
-|---|---|
-| exact match | {em:.1%} |
-| answered in protocol (a parsable `<answer>`) | {followed:.1%} |
+| type | greedy EM | sampled EM | sampled full search path |
+|---|---|---|---|
 {by_type}
-
-Sampling at T = 1 finds a correct answer (within {samples} tries) for {rescued} of the {misses} chain / two-part
-dev questions that greedy decoding gets wrong: the full search path is still in the policy, for RL to reinforce.
 
 ## Example (greedy)
 
@@ -114,25 +122,48 @@ dev questions that greedy decoding gets wrong: the full search path is still in 
 {example}
 ```
 
-Rebuild: `python scripts/build_tiny_model.py` (seeded, one thread; about {minutes:.0f} minutes).
+Rebuild: `{command}` (seeded, one thread; this build took {minutes:.0f} minutes).
 """
+
+PHASE_LINE = ("- Phase {n}: {steps} steps at lr {lr:g} ({warmup} warm-up), {n_demos:,} demonstrations ({repeats} per sft "
+              "question), shortcut rate {shortcut_rate:g}{overrides}, lazy first search on namesake questions "
+              "{lazy:g} (then fooled {fooled:g}); final loss {final_loss:.3f}; {minutes:.1f} minutes on one CPU thread.\n")
+
+
+def load_initial(path: Path):
+    """A saved model and its tokenizer, after checking its vocabulary is the current world's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.get_vocab() != build_tokenizer().get_vocab():
+        raise ValueError(f"--init_from {path}: its vocabulary differs from the one the current world needs; "
+                         "rebuild from scratch (drop --init_from).")
+    return AutoModelForCausalLM.from_pretrained(path), tokenizer
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "data" / "tiny_model")
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--init_from", type=Path, default=None, help="start from this saved model (default: random init)")
+    parser.add_argument("--phase1_steps", type=int, default=2500)
+    parser.add_argument("--phase1_lr", type=float, default=3e-3)
+    parser.add_argument("--phase2_steps", type=int, default=300)
+    parser.add_argument("--phase2_lr", type=float, default=1e-3)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup_steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=8, help="demonstrations per sft question (fresh shortcut draws)")
+    parser.add_argument("--repeats", type=int, default=8, help="phase 1 demonstrations per sft question")
+    parser.add_argument("--phase2_repeats", type=int, default=2, help="phase 2 demonstrations per sft question")
     parser.add_argument("--shortcut_rate", type=float, default=0.7)
+    parser.add_argument("--shortcut_rates", type=json.loads, default={"multi_part": 0.5},
+                        help='phase 2 per-type overrides of --shortcut_rate, JSON (default {"multi_part": 0.5})')
+    parser.add_argument("--lazy_query_rate", type=float, default=0.3, help="phase 2: lazy first search on namesakes")
+    parser.add_argument("--fooled_rate", type=float, default=0.5, help="phase 2: a lazy search then answers its wrong city")
     parser.add_argument("--rename_rate", type=float, default=1.0, help="share of demonstrations with renamed entities")
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval_questions", type=int, default=300, help="dev questions to evaluate (0 = skip)")
-    parser.add_argument("--samples", type=int, default=4, help="T=1 tries per greedy multi-hop miss")
+    parser.add_argument("--eval_questions", type=int, default=350, help="dev questions to evaluate (0 = skip)")
+    parser.add_argument("--samples", type=int, default=4, help="T=1 samples per dev question")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default; 1 is reproducible)")
     args = parser.parse_args(argv)
 
@@ -140,44 +171,68 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tool = bundled_search_tool(topk=2)
-    tokenizer = build_tokenizer()
-    model = build_tiny_qwen(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
+    if args.init_from:
+        model, tokenizer = load_initial(args.init_from)
+    else:
+        tokenizer = build_tokenizer()
+        model = build_tiny_qwen(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers, seed=args.seed)
     params = sum(p.numel() for p in model.parameters())
     print(f"vocab {len(tokenizer)}, parameters {params:,}")
 
     sft_questions = load_split("sft")
     kb = json.loads((bundled_world_dir() / "world.json").read_text(encoding="utf-8"))
     entities = {kind: kb[kind] for kind in ("companies", "people", "cities", "countries")}
-    demos = make_demonstrations(sft_questions * args.repeats, tool, random.Random(args.seed), args.shortcut_rate,
-                                rename_rate=args.rename_rate, entities=entities)
-    start = time.time()
-    losses = train_sft(model, tokenizer, demos, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                       warmup_steps=args.warmup_steps, seed=args.seed)
-    minutes = (time.time() - start) / 60
+    rng = random.Random(args.seed)
+    phases = [
+        dict(n=1, steps=args.phase1_steps, lr=args.phase1_lr, repeats=args.repeats, overrides={}, lazy=0.0),
+        dict(n=2, steps=args.phase2_steps, lr=args.phase2_lr, repeats=args.phase2_repeats,
+             overrides=args.shortcut_rates, lazy=args.lazy_query_rate),
+    ]
+    phase_lines, total_minutes = [], 0.0
+    for phase in phases:
+        if phase["steps"] == 0:
+            continue
+        demos = make_demonstrations(sft_questions * phase["repeats"], tool, rng, args.shortcut_rate,
+                                    rename_rate=args.rename_rate, entities=entities, shortcut_rates=phase["overrides"],
+                                    lazy_query_rate=phase["lazy"], fooled_rate=args.fooled_rate)
+        start = time.time()
+        losses = train_sft(model, tokenizer, demos, steps=phase["steps"], batch_size=args.batch_size, lr=phase["lr"],
+                           warmup_steps=args.warmup_steps, seed=args.seed + phase["n"])
+        minutes = (time.time() - start) / 60
+        total_minutes += minutes
+        overrides = "".join(f", {q} {r:g}" for q, r in phase["overrides"].items())
+        phase_lines.append(PHASE_LINE.format(
+            n=phase["n"], steps=phase["steps"], lr=phase["lr"], warmup=args.warmup_steps, n_demos=len(demos),
+            repeats=phase["repeats"], shortcut_rate=args.shortcut_rate, overrides=overrides, lazy=phase["lazy"],
+            fooled=args.fooled_rate, final_loss=float(np.mean(losses[-20:])), minutes=minutes))
+    if args.init_from:
+        phase_lines.insert(0, f"- Started from the saved model `{args.init_from}` (see its own card for how it was "
+                              "built).\n")
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
+    model.eval()
     dev = load_split("dev")[: args.eval_questions]
-    report = evaluate(model, tokenizer, tool, dev, args.samples, args.seed) if dev else None
-    if report:
-        for example, chat in report["transcripts"]:
+    if dev:
+        report = evaluate(model, tokenizer, tool, dev, args.samples, args.seed)
+        transcripts = play_examples(model, tokenizer, tool, dev[:6])
+        for example, chat in transcripts:
             print(f"\n[{example.qtype}] gold {example.answers[0]}")
             for message in chat[2:]:
                 print(f"  {message['role']:9s} {message['content']}")
-        summary = {k: v for k, v in report.items() if k != "transcripts"}
-        print(json.dumps(summary, indent=1))
-        example, chat = report["transcripts"][0]
+        print(json.dumps({k: v for k, v in report.items()}, indent=1))
+        example, chat = transcripts[0]
+        command = "python scripts/build_tiny_model.py " + " ".join(argv if argv is not None else sys.argv[1:])
         card = MODEL_CARD.format(
-            params=params, hidden=args.hidden_size, layers=args.num_layers, heads=model.config.num_attention_heads,
-            vocab=len(tokenizer), seed=args.seed, n_demos=len(demos), repeats=args.repeats, steps=args.steps,
-            batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_steps, final_loss=sum(losses[-20:]) / 20,
-            minutes=minutes, shortcut_rate=args.shortcut_rate, rename_rate=args.rename_rate, n_dev=len(dev), em=report["em"],
-            followed=report["answered_in_protocol"],
-            by_type="\n".join(f"| EM, {q} | {v:.1%} |" for q, v in report["em_by_qtype"].items()),
-            samples=args.samples, rescued=report["rescued_by_sampling"], misses=report["greedy_multi_hop_misses"],
+            params=params, hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
+            heads=model.config.num_attention_heads, vocab=len(tokenizer), seed=args.seed, batch_size=args.batch_size,
+            phases="".join(phase_lines), n_dev=len(dev), em=report["em"], followed=report["answered_in_protocol"],
+            searches=report["search_calls"], samples=args.samples,
+            by_type="\n".join(f"| {q} | {g:.1%} | {m:.1%} | {f:.1%} |" for q, (g, m, f) in report["rows"].items()),
             example="\n".join([f"question: {example.question}   (gold: {example.answers[0]})"]
-                              + [f"{m['role']}: {m['content']}" for m in chat[2:]]))
+                              + [f"{m['role']}: {m['content']}" for m in chat[2:]]),
+            command=command.strip(), minutes=total_minutes)
         (args.out / "README.md").write_text(card, encoding="utf-8")
     print(f"saved to {args.out} ({sum(f.stat().st_size for f in args.out.iterdir()) / 2**20:.1f} MiB)")
 

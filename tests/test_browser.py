@@ -8,6 +8,7 @@ Playwright or JupyterLab is missing.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = Path(__file__).parent / "browser_notebooks" / "views.ipynb"
 # The first-run "Jupyter news" toast would cover part of the screenshot.
 DISABLED = {"@jupyterlab/apputils-extension:announcements": True}
+# Headless in a container: no sandbox, and none of Chromium's calls home.
+BROWSER_FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-default-apps", "--disable-sync", "--no-first-run", "--metrics-recording-only"]
 
 
 def chromium_path() -> str | None:
@@ -40,14 +44,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def jupyter_lab(tmp_path):
-    """A JupyterLab server in a temp dir holding the test notebook; yields its URL; killed at the end."""
+def skip_without_browser() -> None:
+    """Skip, with the reason, when Chromium, Playwright or JupyterLab is missing."""
     if chromium_path() is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium); Playwright cannot download one here")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if shutil.which("jupyter") is None:
         pytest.skip("jupyter (JupyterLab) is not installed")
+
+
+@contextlib.contextmanager
+def lab_server(tmp_path: Path, notebook: Path):
+    """A JupyterLab server in a temp dir holding ``notebook``; yields its URL; killed at the end."""
     root, config = tmp_path / "notebooks", tmp_path / "config"
     root.mkdir()
     (config / "labconfig").mkdir(parents=True)
@@ -56,7 +64,7 @@ def jupyter_lab(tmp_path):
     tracker = tmp_path / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
     tracker.parent.mkdir(parents=True)
     tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    shutil.copy(notebook, root / notebook.name)
     port = free_port()
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
@@ -90,40 +98,55 @@ def jupyter_lab(tmp_path):
                 server.wait()
 
 
-def line_paths(plot) -> list[str]:
-    """The ``d`` attributes of the line traces of a plotly plot (a Playwright locator)."""
-    return plot.locator("path.js-line").evaluate_all("paths => paths.map(p => p.getAttribute('d'))")
-
-
-def test_views_render_and_respond_in_jupyterlab(jupyter_lab, tmp_path):
+@contextlib.contextmanager
+def browser_page(shots: Path):
+    """A headless Chromium page (Debian's, launched by path); a screenshot of it is saved on failure."""
     from playwright.sync_api import sync_playwright
 
-    shots = Path(os.environ.get("A2TGPO_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=BROWSER_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            drive_the_notebook(page, jupyter_lab, shots)
+            yield page
         except Exception:
             page.screenshot(path=str(shots / "failure.png"))   # what the browser showed when it failed
             raise
         finally:
             browser.close()
+
+
+def run_all(page, url: str, notebook: Path) -> None:
+    """Open ``notebook`` in JupyterLab, wait for its kernel, and run all cells from the Run menu."""
+    page.goto(f"{url}/lab/tree/{notebook.name}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=30_000)
+    # The kernel (auto-started, see lab_server) reports idle in the status bar: the notebook is ready.
+    page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=30_000)
+    page.keyboard.press("Control+b")                   # hide the file browser: more room for the outputs
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
+
+
+def line_paths(plot) -> list[str]:
+    """The ``d`` attributes of the line traces of a plotly plot (a Playwright locator)."""
+    return plot.locator("path.js-line").evaluate_all("paths => paths.map(p => p.getAttribute('d'))")
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    return Path(os.environ.get("A2TGPO_SCREENSHOT_DIR") or tmp_path / "screenshots")
+
+
+def test_views_render_and_respond_in_jupyterlab(tmp_path):
+    skip_without_browser()
+    shots = screenshot_dir(tmp_path)
+    with lab_server(tmp_path, NOTEBOOK) as url, browser_page(shots) as page:
+        drive_the_notebook(page, url, shots)
     assert (shots / "clip_explorer.png").stat().st_size > 10_000
 
 
 def drive_the_notebook(page, url: str, shots: Path) -> None:
-    """Open the notebook, run all cells, check the widgets rendered, move a slider, take screenshots."""
-    page.goto(f"{url}/lab/tree/{NOTEBOOK.name}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=30_000)
-    # The kernel (auto-started, see the fixture) reports idle in the status bar: the notebook is ready.
-    page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=30_000)
-    page.keyboard.press("Control+b")                   # hide the file browser: more room for the outputs
-
-    # Run all cells through the Run menu: the command runmenu:run-all.
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
+    """Run all cells, check the widgets rendered, move a slider, take screenshots."""
+    run_all(page, url, NOTEBOOK)
 
     # Widgets: the clip explorer's sliders and figure, the dashboard's figures.
     page.wait_for_selector(".jp-OutputArea-output .widget-slider >> nth=4", timeout=45_000)
@@ -167,3 +190,57 @@ def drive_the_notebook(page, url: str, shots: Path) -> None:
     page.wait_for_function("document.querySelectorAll('.a2tgpo-rollout span').length > 50", timeout=30_000)
     page.locator(".a2tgpo-rollout").scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "dashboard_rollout.png"))
+
+
+LIVE_NOTEBOOK = Path(__file__).parent / "browser_notebooks" / "live.ipynb"
+# For each plotly plot on the page: how many traces the browser holds, and a fingerprint of their data.
+PLOTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot'), plot => ({
+    traces: (plot.data || []).length,
+    points: (plot.data || []).reduce((n, trace) => n + ((trace.y || []).length || 0), 0),
+}))"""
+
+
+def dashboard_status(page) -> str:
+    return page.locator(".a2tgpo-status").first.inner_text()
+
+
+def status_step(page) -> int:
+    """The step counter of the dashboard's status line ("… step 12 / 400 …")."""
+    import re
+
+    match = re.search(r"step (\d+)", dashboard_status(page))
+    return int(match.group(1)) if match else -1
+
+
+def test_live_dashboard_draws_while_training_in_jupyterlab(tmp_path):
+    """Run All starts background training with a dashboard: the plots fill in and change while it runs,
+    pause stops the step counter, stop ends the run."""
+    skip_without_browser()
+    shots = screenshot_dir(tmp_path)
+    with lab_server(tmp_path, LIVE_NOTEBOOK) as url, browser_page(shots) as page:
+        run_all(page, url, LIVE_NOTEBOOK)
+        page.wait_for_selector(".a2tgpo-status", timeout=90_000)
+        # The training-curves plot holds traces in the DOM once a few steps have run.
+        page.wait_for_function(f"({PLOTS_JS})().some(p => p.traces > 0 && p.points >= 3)", timeout=120_000)
+        first = page.evaluate(PLOTS_JS)
+        first_step = status_step(page)
+        page.wait_for_function(f"s => /step (\\d+)/.exec(document.querySelector('.a2tgpo-status').innerText)[1] > s",
+                               arg=first_step + 2, timeout=60_000)
+        second = page.evaluate(PLOTS_JS)
+        assert second != first, "the plots did not change while training ran"
+        assert any(plot["traces"] > 0 for plot in second)
+        page.locator(".a2tgpo-status").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "live_dashboard.png"))
+
+        page.locator("button", has_text="pause").first.click()
+        page.wait_for_function("document.querySelector('.a2tgpo-status').innerText.includes('paused after step')",
+                               timeout=60_000)
+        paused_at = status_step(page)
+        page.wait_for_timeout(3_000)       # a running trainer finishes a step in well under this
+        assert status_step(page) == paused_at, "the step counter moved while paused"
+        page.screenshot(path=str(shots / "live_paused.png"))
+
+        page.locator("button", has_text="stop").first.click()
+        page.wait_for_function("document.querySelector('.a2tgpo-status').innerText.includes('stopped')",
+                               timeout=60_000)
+        page.screenshot(path=str(shots / "live_stopped.png"))

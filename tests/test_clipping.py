@@ -1,4 +1,4 @@
-"""Adaptive clip factors and bounds (ALGORITHM.md §5, §8)."""
+"""Adaptive clip factors and bounds (ALGORITHM.md §5, §9)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from a2tgpo_lab import preset
 from a2tgpo_lab.advantages import compute_advantages
-from a2tgpo_lab.clipping import adaptive_clip_factor, clip_bounds
+from a2tgpo_lab.clipping import adaptive_clip_factor, clip_bounds, turn_clip_factors
 from a2tgpo_lab.info_gain import information_gain
 
 NAN = math.nan
@@ -27,8 +27,27 @@ def test_worked_example_clip_factors(worked_example):
     c = adaptive_clip_factor(adv.ig_norm, 0.3, worked_example.num_tool_turns)
     expected = torch.tensor([[1.1751, 1.1386, 1.0, NAN],
                              [by_hand(-1.0690), 1.0, NAN, NAN],
-                             [by_hand(-0.2673), by_hand(-1.0), 1.0, 1.0]])   # singleton turn 3: Ĩ = 0 → 1
+                             [0.9601, 0.8614, 1.0, 1.0]])   # singleton turn 3: Î = 0 → 1; answer turn: 1
     torch.testing.assert_close(c, expected, equal_nan=True, atol=1e-4, rtol=0)
+    assert c[2, 0].item() == pytest.approx(by_hand(-0.2673), abs=1e-4)
+    # the trainer's entry point gives the same factors for a2tgpo, and c = 1 on every turn for a fixed clip
+    torch.testing.assert_close(turn_clip_factors(preset("a2tgpo"), adv.ig_norm, adv.outcome_norm,
+                                                 worked_example.num_tool_turns), c, equal_nan=True)
+    fixed = turn_clip_factors(preset("a2tgpo_fixed_clip"), adv.ig_norm, adv.outcome_norm,
+                              worked_example.num_tool_turns)
+    torch.testing.assert_close(fixed, torch.where(torch.isnan(expected), NAN, 1.0), equal_nan=True)
+
+
+def test_first_turn_without_query_baseline_takes_turn_2s_factor(worked_example):
+    ig, _, _ = information_gain(worked_example.probe_logprob_mean, worked_example.num_tool_turns, first_turn="none")
+    cfg = preset("a2tgpo", ig_first_turn="none")
+    adv = compute_advantages(cfg, ig, worked_example.outcome, worked_example.prompt_index,
+                             worked_example.num_tool_turns)
+    c = turn_clip_factors(cfg, adv.ig_norm, adv.outcome_norm, worked_example.num_tool_turns)
+    # turn 2 group {0.40, 0.05} → Î = ±1; rollout 2 (one tool call) shares its answer turn's c = 1
+    torch.testing.assert_close(c, torch.tensor([[by_hand(1.0), by_hand(1.0), 1.0, NAN],
+                                                [1.0, 1.0, NAN, NAN],
+                                                [by_hand(-1.0), by_hand(-1.0), 1.0, 1.0]]), equal_nan=True)
 
 
 def test_answer_turn_from_outcome_and_dropped_ig():

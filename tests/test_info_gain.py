@@ -1,4 +1,4 @@
-"""Information gain from probe scores (ALGORITHM.md §1), checked against §8 by hand."""
+"""Information gain from probe scores (ALGORITHM.md §1), checked against §9 by hand."""
 from __future__ import annotations
 
 import math
@@ -25,6 +25,16 @@ def test_logprob_mode_is_the_difference_of_log_probabilities(worked_example):
     assert ig[0, 1].item() == pytest.approx(math.log(0.70 / 0.30), abs=1e-5)
     assert ig[2, 2].item() == pytest.approx(math.log(0.60 / 0.25), abs=1e-5)
     assert torch.isnan(ig[1, 1:]).all()
+
+
+def test_without_query_baseline_turn_1_has_no_ig(worked_example):
+    ig, _, dropped = information_gain(worked_example.probe_logprob_mean, worked_example.num_tool_turns,
+                                      mode="logprob", first_turn="none")
+    assert torch.isnan(ig[:, 0]).all() and dropped == 0            # not a dropped term: there is none
+    assert ig[0, 1].item() == pytest.approx(math.log(0.70 / 0.30), abs=1e-5)
+    assert ig[2, 2].item() == pytest.approx(math.log(0.60 / 0.25), abs=1e-5)
+    with pytest.raises(ValueError, match="first_turn"):
+        information_gain(worked_example.probe_logprob_mean, worked_example.num_tool_turns, first_turn="first")
 
 
 def test_columns_past_the_last_tool_turn_are_ignored():

@@ -82,7 +82,9 @@ def force_next_tokens(model, tokenizer, rules: dict[str, list[str]], strength: f
 
     def add_bias(module, args, kwargs, output):
         input_ids, keep = kwargs["input_ids"], kwargs.get("logits_to_keep", 0)
-        if isinstance(keep, torch.Tensor):
+        if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
+            last = input_ids[keep]                                  # logits [N, V] of the kept positions
+        elif isinstance(keep, torch.Tensor):
             last = torch.take_along_dim(input_ids, keep.expand(input_ids.shape[0], -1), dim=1)
         else:
             last = input_ids[:, -keep:] if keep else input_ids

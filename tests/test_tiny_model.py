@@ -74,6 +74,34 @@ def test_demonstrations_follow_the_queries_and_shortcut_only_multi_hop(tool):
         make_demonstrations(examples, tool, random.Random(0), shortcut_rate=1.5)
 
 
+def test_shortcut_rates_override_per_question_type(tool):
+    examples = [e for e in load_split("sft")[:200] if e.hops >= 2]
+    chats = make_demonstrations(examples, tool, random.Random(0), shortcut_rate=1.0,
+                                shortcut_rates={"multi_part": 0.0})
+    for example, chat in zip(examples, chats):
+        searches = sum(m["role"] == "assistant" for m in chat) - 1
+        assert (searches == example.hops) == (example.qtype == "multi_part"), example.qtype
+    with pytest.raises(ValueError, match="multi_part"):
+        make_demonstrations(examples, tool, random.Random(0), shortcut_rates={"multi_part": 2.0})
+
+
+def test_lazy_first_searches_are_fooled_or_recover_on_namesake_questions(tool):
+    examples = [e for e in load_split("sft") if e.qtype == "namesake"][:40]
+    chats = make_demonstrations(examples, tool, random.Random(0), lazy_query_rate=1.0, fooled_rate=0.5)
+    outcomes = []
+    for example, chat in zip(examples, chats):
+        searches = [m["content"] for m in chat if m["role"] == "assistant"][:-1]
+        assert searches[0] == format_search(example.meta["trap_query"])
+        fooled = len(searches) == 1
+        assert searches[1:] == ([] if fooled else [format_search(q) for q in example.meta["queries"]])
+        gold = example.meta["trap_answer"] if fooled else example.answers[0]
+        assert chat[-1]["content"] == format_answer(gold)
+        outcomes.append(fooled)
+    assert 0 < sum(outcomes) < len(outcomes)  # both branches occur
+    plain = make_demonstrations(examples, tool, random.Random(0), shortcut_rate=0.0, lazy_query_rate=0.0)
+    assert all(chat[2]["content"] == format_search(e.meta["queries"][0]) for e, chat in zip(examples, plain))
+
+
 def test_renamed_demonstrations_stay_self_consistent(tool):
     from a2tgpo_lab.envs.world import generate_world
 

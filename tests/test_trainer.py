@@ -117,3 +117,56 @@ def test_evaluate_reports_by_hops(tmp_path, bundled_world):
     assert 0.0 <= metrics["eval/em"] <= 1.0
     assert any(k.startswith("eval/em/hops_") for k in metrics)
     assert metrics["eval/n"] == 8
+
+
+def _rollouts(trainer):
+    from a2tgpo_lab.rollout import generate_rollouts
+
+    trainer.model.eval()
+    with torch.no_grad():
+        return generate_rollouts(trainer.model, trainer.tokenizer, trainer.batch_examples(0), trainer.tool,
+                                 trainer.cfg, generator=torch.Generator().manual_seed(0))
+
+
+def _gradient_of_one_update(trainer, traj, token_adv, low, high):
+    """The gradient the optimizer would apply (its step is replaced by a capture, so weights stay put)."""
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    grads = []
+    trainer.optimizer.step = lambda: grads.append(torch.cat([p.grad.flatten().clone() for p in params]))
+    trainer._ppo_update(traj, token_adv, low, high)
+    assert len(grads) == 1
+    return grads[0]
+
+
+@pytest.mark.parametrize("split", [dict(gradient_accumulation_steps=4), dict(micro_batch_tokens=200),
+                                   dict(micro_batch_tokens=200, scored_logits_only=False)])
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
+def test_gradient_accumulation_matches_one_batch(tmp_path, bundled_world, mode, split):
+    cfg = small_config(tmp_path, num_mini_batches=1, loss_agg_mode=mode, max_grad_norm=1e9, micro_batch_tokens=None)
+    trainer = make_trainer(cfg, bundled_world)
+    traj = _rollouts(trainer)
+    lengths = traj.loss_mask.sum(dim=1)
+    assert lengths.unique().numel() > 1, "rollouts of different lengths are what makes the weighting matter"
+    generator = torch.Generator().manual_seed(1)
+    token_adv = torch.randn(traj.loss_mask.shape, generator=generator) * traj.loss_mask
+    low, high = torch.full_like(token_adv, 0.8), torch.full_like(token_adv, 1.2)
+    one_batch = _gradient_of_one_update(trainer, traj, token_adv, low, high)
+    trainer.cfg = cfg.replace(**split)
+    assert len(trainer._micro_batches(traj, torch.arange(traj.batch_size))) > 1
+    accumulated = _gradient_of_one_update(trainer, traj, token_adv, low, high)
+    scale = one_batch.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(accumulated / scale, one_batch / scale, rtol=0, atol=1e-5)
+
+
+def test_first_pass_ratio_is_one_with_lora_dropout(tmp_path, bundled_world):
+    cfg = small_config(tmp_path, use_peft=True, lora_dropout=0.05, num_mini_batches=1, max_steps=1)
+    trainer = make_trainer(cfg, bundled_world)
+    with torch.no_grad():  # LoRA starts with B = 0, where dropout on its input changes nothing: make it act
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
+    record = trainer.step()
+    # one optimizer step: the only forward ran before it, with the rollout's weights, so s = 1 up to rounding
+    ratios = np.concatenate([r[m] for r, m in zip(record.ratio, record.loss_mask)])
+    np.testing.assert_allclose(ratios, 1.0, atol=1e-5)

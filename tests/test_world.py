@@ -78,11 +78,14 @@ _QUESTION_PATTERNS = {
     "chain3": r"in which country was the founder of (\w+) born \?",
     "multi_part": r"who founded (\w+) and who founded (\w+) \?",
     "comparison": r"were (\w+) and (\w+) born in the same city \?",
+    "namesake": r"where was the founder of (\w+) born \?",
 }
 
 
 def _facts_from_corpus(path: Path) -> dict[str, dict[str, str]]:
-    """relation → {subject: object}, read from the corpus text alone (not from the generator's KB)."""
+    """relation → {subject: object}, read from the corpus text alone (not from the generator's KB).
+
+    A name may be both a company and a (namesake) person, so each subject has at most one fact per relation."""
     facts = {relation: {} for relation in _FACT_PATTERNS}
     for line in path.read_text(encoding="utf-8").splitlines():
         contents = json.loads(line)["contents"]
@@ -102,6 +105,7 @@ def test_every_question_is_answered_by_following_its_chain_in_the_corpus(splits)
         "chain2": lambda c: born[founder[c]], "chain3": lambda c: country[born[founder[c]]],
         "multi_part": lambda a, b: f"{founder[a]} {ANSWER_PART_SEPARATOR} {founder[b]}",
         "comparison": lambda p, q: "yes" if born[p] == born[q] else "no",
+        "namesake": lambda c: born[founder[c]],
     }
     for split, questions in splits.items():
         for q in questions:
@@ -117,7 +121,30 @@ def test_multi_part_golds_list_both_orders_and_comparisons_mix_yes_and_no(splits
                 first, second = q.answers[0].split(f" {ANSWER_PART_SEPARATOR} ")
                 assert q.answers == (q.answers[0], f"{second} {ANSWER_PART_SEPARATOR} {first}")
         verdicts = Counter(q.answers[0] for q in questions if q.qtype == "comparison")
-        assert set(verdicts) == {"yes", "no"} and min(verdicts.values()) >= 0.3 * sum(verdicts.values())
+        assert set(verdicts) == {"yes", "no"} and min(verdicts.values()) >= 0.45 * sum(verdicts.values())
+    for split in ("dev", "test"):  # a constant answer must score exactly chance on the evaluation splits
+        verdicts = Counter(q.answers[0] for q in splits[split] if q.qtype == "comparison")
+        assert verdicts["yes"] == verdicts["no"], (split, verdicts)
+
+
+def test_namesake_questions_look_like_chains_but_the_lazy_search_finds_a_wrong_city(splits):
+    from a2tgpo_lab.envs.search import bundled_search_tool
+
+    facts = _facts_from_corpus(bundled_world_dir() / "corpus.jsonl")
+    tool = bundled_search_tool(topk=2)
+    namesakes = [q for q in splits["dev"] if q.qtype == "namesake"]
+    assert len(namesakes) == 50
+    chain_form = {re.sub(r"\w+ born", "C born", q.question.replace(q.meta["asked"][0], "C"))
+                  for q in splits["dev"] if q.qtype in ("chain2", "namesake")}
+    assert len(chain_form) == 1, "namesake and chain2 questions must read alike"
+    for q in namesakes:
+        company = q.meta["asked"][0]
+        trap_city = facts["born_in"][company]  # the namesake person's birth fact
+        assert trap_city == q.meta["trap_answer"] != q.answers[0]
+        assert q.meta["trap_query"] == f"{company} born"
+        assert f"{company} was born in {trap_city}" in tool(q.meta["trap_query"]).split("Doc 2")[0]
+    chain2 = {q.meta["asked"][0] for split in splits.values() for q in split if q.qtype == "chain2"}
+    assert not chain2 & set(facts["born_in"]), "a plain chain2 company must have no namesake"
 
 
 def test_distractors_mention_entities_without_their_fact(world):
@@ -130,7 +157,8 @@ def test_distractors_mention_entities_without_their_fact(world):
         wrong_cities = {w for t in text if person in t.split() for w in t.split() if w in world.country_of} - {city}
         assert wrong_cities, f"no document puts another city next to {person}"
     fact_ids = set(world.fact_doc.values())
-    assert len(fact_ids) == len(world.companies) + len(world.people) + len(world.cities)
+    assert len(fact_ids) == (len(world.companies) + len(world.people) + len(world.cities)
+                             + len(world.namesake_birthplace))
     assert len(world.documents) - len(fact_ids) >= 2 * len(world.companies) + len(world.people)
 
 

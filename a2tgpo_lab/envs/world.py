@@ -25,6 +25,17 @@ Question types (``QAExample.qtype``, ``hops`` = searches a careful agent needs):
     chain3      3  in which country was the founder of C born ?
     multi_part  2  who founded A and who founded B ?                 gold "PA ; PB" (either order)
     comparison  2  were P and Q born in the same city ?               gold "yes" / "no"
+    namesake    2  where was the founder of C born ?                  (a person also named C exists)
+
+A namesake question reads exactly like a chain2 question, but the world also holds a person who
+shares the company's name and was born elsewhere ("C was born in Y ."). The lazy one-search query
+"C born" (``meta["trap_query"]``) retrieves that fact and suggests the wrong city Y; the careful
+path "C founded", "P born" finds the founder's city. So the first search can be good or bad on its
+own, and a bad first search can still be recovered by searching again: per-turn credit has
+something to separate that the outcome alone does not. Namesakes reuse company names, so they add
+no word to the vocabulary.
+
+Comparison questions are balanced yes / no in every split (a constant answer scores 0.5).
 
 Splits are disjoint by the entities asked about: every person founds exactly one company, the
 (company, founder) pairs are dealt out to sft / train / dev / test, and a split's questions only
@@ -42,12 +53,15 @@ from typing import Optional
 from ..protocol import ANSWER_PART_SEPARATOR, protocol_words
 from .qa import QAExample
 
-QTYPES = ("founder", "birthplace", "chain2", "chain3", "multi_part", "comparison")
+QTYPES = ("founder", "birthplace", "chain2", "chain3", "multi_part", "comparison", "namesake")
 SPLITS = ("sft", "train", "dev", "test")
 # Share of the (company, founder) pairs each split asks about.
 SPLIT_FRACTIONS = {"sft": 0.3, "train": 0.5, "dev": 0.1, "test": 0.1}
 # Questions per type in the small evaluation splits (None = one question per pair and type).
 EVAL_QUESTIONS_PER_TYPE = {"dev": 50, "test": 50}
+# Share of each split's companies that have a namesake person (asked as ``namesake`` questions; the
+# other companies are asked as ``chain2``).
+NAMESAKE_FRACTION = 0.5
 
 # The search query a careful agent writes for each relation: the subject plus the relation word
 # that the fact document contains, so BM25 ranks the fact first.
@@ -71,6 +85,7 @@ QUESTION_TEMPLATES = {
     "chain3": "in which country was the founder of {} born ?",
     "multi_part": "who founded {} and who founded {} ?",
     "comparison": "were {} and {} born in the same city ?",
+    "namesake": "where was the founder of {} born ?",
 }
 
 # Pronounceable syllables for invented names; repeated entries are drawn more often.
@@ -92,6 +107,8 @@ class World:
     """The generated knowledge base, corpus and question splits.
 
     founder: company → person; birthplace: person → city; country_of: city → country.
+    namesake_birthplace: company name → birth city of the person who shares that name (never the
+    city of the company's founder).
     documents: the corpus, ``{"id", "contents"}`` dicts in corpus order.
     fact_doc: ``"subject|relation"`` → id of the document stating that fact.
     split_companies: split name → the companies whose (company, founder) pair it asks about.
@@ -109,13 +126,15 @@ class World:
     documents: list[dict]
     fact_doc: dict[str, str]
     split_companies: dict[str, list[str]]
+    namesake_birthplace: dict[str, str] = field(default_factory=dict)
     questions: dict[str, list[QAExample]] = field(default_factory=dict)
 
     def knowledge_base(self) -> dict:
         """The KB as plain JSON-able data (what ``world.json`` holds)."""
         return {"seed": self.seed, "countries": self.countries, "cities": self.cities, "people": self.people,
                 "companies": self.companies, "founder": self.founder, "birthplace": self.birthplace,
-                "country_of": self.country_of, "fact_doc": self.fact_doc, "split_companies": self.split_companies}
+                "country_of": self.country_of, "namesake_birthplace": self.namesake_birthplace,
+                "fact_doc": self.fact_doc, "split_companies": self.split_companies}
 
 
 class _NameMaker:
@@ -194,15 +213,30 @@ def generate_world(seed: int = 0, n_companies: int = 1000, n_people: int = 1000,
     birthplace = {person: rng.choice(cities) for person in people}
     founder = dict(zip(companies, rng.sample(people, n_companies)))
 
-    documents, fact_doc = _corpus(rng, founder, birthplace, country_of, people, companies, cities, countries)
+    split_companies = _deal_splits(rng, companies)
+    namesake_birthplace = _namesakes(rng, split_companies, founder, birthplace, cities)
+    documents, fact_doc = _corpus(rng, founder, birthplace, country_of, people, companies, cities, countries,
+                                  namesake_birthplace)
     world = World(seed, countries, cities, people, companies, founder, birthplace, country_of, documents,
-                  fact_doc, _deal_splits(rng, companies))
+                  fact_doc, split_companies, namesake_birthplace)
     world.questions = {split: _questions(world, split, rng) for split in SPLITS}
     return world
 
 
-def _corpus(rng, founder, birthplace, country_of, people, companies, cities, countries):
-    """One document per fact plus distractors, shuffled; returns (documents, fact_doc)."""
+def _namesakes(rng, split_companies, founder, birthplace, cities) -> dict[str, str]:
+    """``NAMESAKE_FRACTION`` of every split's companies get a namesake person, born away from the founder."""
+    chosen = {}
+    for companies in split_companies.values():
+        for company in sorted(rng.sample(companies, round(NAMESAKE_FRACTION * len(companies)))):
+            chosen[company] = _other(rng, cities, birthplace[founder[company]])
+    return dict(sorted(chosen.items()))
+
+
+def _corpus(rng, founder, birthplace, country_of, people, companies, cities, countries, namesake_birthplace):
+    """One document per fact plus distractors, shuffled; returns (documents, fact_doc).
+
+    A namesake's birth fact is a document like any other, but its key is ``"C|namesake_born_in"``
+    (the person shares the company's key ``C``)."""
     facts = ([("founded_by", c, p) for c, p in founder.items()] + [("born_in", p, x) for p, x in birthplace.items()]
              + [("in_country", x, k) for x, k in country_of.items()])
     distractors = (
@@ -211,6 +245,7 @@ def _corpus(rng, founder, birthplace, country_of, people, companies, cities, cou
         + [("visited", p, _other(rng, cities, birthplace[p])) for p in people]
         + [("far_from", x, _other(rng, countries, k)) for x, k in country_of.items()])
     rows = [(FACT_TEMPLATES[rel].format(s, o), f"{s}|{rel}") for rel, s, o in facts]
+    rows += [(FACT_TEMPLATES["born_in"].format(c, x), f"{c}|namesake_born_in") for c, x in namesake_birthplace.items()]
     rows += [(DISTRACTOR_TEMPLATES[rel].format(s, o), None) for rel, s, o in distractors]
     rng.shuffle(rows)
     documents, fact_doc = [], {}
@@ -238,23 +273,38 @@ def _questions(world: World, split: str, rng: random.Random) -> list[QAExample]:
     companies = world.split_companies[split]
     people = [world.founder[c] for c in companies]
     partners = rng.sample(companies, len(companies))
+    plain = [c for c in companies if c not in world.namesake_birthplace]
+    namesakes = [c for c in companies if c in world.namesake_birthplace]
     per_type = {
         "founder": [_ask(world, "founder", [c], [(c, "founded_by")]) for c in companies],
         "birthplace": [_ask(world, "birthplace", [p], [(p, "born_in")]) for p in people],
-        "chain2": [_ask(world, "chain2", [c], [(c, "founded_by"), "born_in"]) for c in companies],
+        "chain2": [_ask(world, "chain2", [c], [(c, "founded_by"), "born_in"]) for c in plain],
         "chain3": [_ask(world, "chain3", [c], [(c, "founded_by"), "born_in", "in_country"]) for c in companies],
         "multi_part": [_ask(world, "multi_part", [a, b], [(a, "founded_by"), (b, "founded_by")])
                        for a, b in zip(companies, partners) if a != b],
         "comparison": _comparisons(world, people, rng),
+        "namesake": [_ask(world, "namesake", [c], [(c, "founded_by"), "born_in"]) for c in namesakes],
     }
     limit = EVAL_QUESTIONS_PER_TYPE.get(split)
     questions = []
     for qtype in QTYPES:
         pool = per_type[qtype]
-        questions += rng.sample(pool, min(limit, len(pool))) if limit else pool
+        if limit and qtype == "comparison":
+            questions += _balanced_sample(pool, limit, rng)
+        else:
+            questions += rng.sample(pool, min(limit, len(pool))) if limit else pool
     rng.shuffle(questions)
     return [QAExample(f"{split}-{i:05d}", q.question, q.answers, q.hops, q.qtype, q.meta)
             for i, q in enumerate(questions)]
+
+
+def _balanced_sample(pool: list[QAExample], limit: int, rng: random.Random) -> list[QAExample]:
+    """``limit`` comparisons, half "yes" and half "no" (as near as the pool allows)."""
+    yes = [q for q in pool if q.answers[0] == "yes"]
+    no = [q for q in pool if q.answers[0] != "yes"]
+    n_yes = min(len(yes), limit // 2)
+    n_no = min(len(no), limit - n_yes)
+    return rng.sample(yes, n_yes) + rng.sample(no, n_no)
 
 
 def _comparisons(world: World, people: list[str], rng: random.Random) -> list[QAExample]:
@@ -281,7 +331,9 @@ def _ask(world: World, qtype: str, asked: list[str], steps: list) -> QAExample:
 
     meta: ``asked`` (entities named in the question), ``steps`` ([subject, relation, object] per
     lookup, in the order a careful agent makes them), ``queries`` (the careful agent's searches),
-    ``facts`` (ids of the fact documents those searches must find).
+    ``facts`` (ids of the fact documents those searches must find); a namesake question adds
+    ``trap_query`` (the lazy search), ``trap_fact`` (the namesake's birth document it retrieves) and
+    ``trap_answer`` (the wrong city that document suggests).
     """
     triples = []
     for step in steps:
@@ -300,6 +352,11 @@ def _ask(world: World, qtype: str, asked: list[str], steps: list) -> QAExample:
     meta = {"asked": asked, "steps": triples,
             "queries": [QUERY_TEMPLATES[rel].format(subject) for subject, rel, _ in triples],
             "facts": [world.fact_doc[f"{subject}|{rel}"] for subject, rel, _ in triples]}
+    if qtype == "namesake":
+        company = asked[0]
+        meta.update(trap_query=QUERY_TEMPLATES["born_in"].format(company),
+                    trap_fact=world.fact_doc[f"{company}|namesake_born_in"],
+                    trap_answer=world.namesake_birthplace[company])
     return QAExample("", question, answers, hops=len(triples), qtype=qtype, meta=meta)
 
 

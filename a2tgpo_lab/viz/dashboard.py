@@ -96,6 +96,7 @@ class Dashboard(StaticFallback):
         self._moving_slider = False
 
         self.status = widgets.HTML()
+        self.status.add_class("a2tgpo-status")
         self.pause_button = widgets.Button(description="pause", icon="pause", disabled=True)
         self.resume_button = widgets.Button(description="resume", icon="play", disabled=True)
         self.stop_button = widgets.Button(description="stop", icon="stop", button_style="danger", disabled=True)

@@ -1,0 +1,218 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Adaptive turn-level clipping: a wider trust region where the turn gained information
+#
+# **What you'll learn**
+#
+# - the clip factor $c = 1 + \beta\,(2\sigma(\tilde I) - 1)$ and the per-turn clip band it scales;
+# - the turn-level importance ratio (one ratio per turn, GSPO-style) and its narrow $\varepsilon$;
+# - the clip explorer: move β, ε, Ĩ and the sign of A and watch the band and the gradient;
+# - fixed vs adaptive clipping on the same real step, and which tokens got clipped.
+
+# %% tags=["parameters"]
+SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one
+
+# %%
+PROMPTS, GENERATIONS = (4, 4) if SMOKE else (8, 8)
+
+# %%
+import inspect
+
+import numpy as np
+import torch
+from IPython.display import Markdown, display
+
+import a2tgpo_lab as lab
+from a2tgpo_lab import viz
+from a2tgpo_lab.viz import show
+
+
+def show_source(function):
+    """Display the source of a library function, so the code sits next to its equation."""
+    display(Markdown(f"```python\n{inspect.getsource(function)}```"))
+
+
+# %% [markdown]
+# ## 1. The equations
+#
+# Each tool turn $k$ of rollout $i$ gets a clip factor from its normalized IG (notebook 02), the answer turn
+# gets $c = 1$:
+#
+# $$c_{i,k} = 1 + \beta\left(2\,\sigma(\tilde I_{i,k}) - 1\right) \in (1 - \beta,\; 1 + \beta), \qquad \beta = 0.3,$$
+#
+# and the PPO clip band of turn $k$'s tokens becomes $[\,1 - c_{i,k}\,\varepsilon_\text{low},\; 1 + c_{i,k}\,\varepsilon_\text{high}\,]$.
+# Per token, with ratio $s$ and turn advantage $A$:
+#
+# $$\mathcal L = -\min\left(s A,\; \operatorname{clip}(s,\, 1 - c\,\varepsilon_\text{low},\, 1 + c\,\varepsilon_\text{high})\, A\right).$$
+#
+# By default the ratio is **turn-level**: $\log s_\text{turn}$ is the mean over the turn's tokens of
+# $\log \pi_\theta - \log \pi_\text{old}$, so a whole turn is clipped or not. Such an average moves far
+# less than a single token's ratio, hence the narrow $\varepsilon_\text{low} = 3\cdot10^{-3}$,
+# $\varepsilon_\text{high} = 4\cdot10^{-3}$ (the token-level knob uses 0.2 / 0.28).
+#
+# A turn that raised the probability of the gold answer more than its siblings ($\tilde I > 0$) may move
+# further before its gradient is cut; a turn that lowered it is held closer to the old policy.
+
+# %%
+show_source(lab.adaptive_clip_factor)
+
+# %%
+show_source(lab.clip_bounds)
+
+# %% [markdown]
+# On the worked example of ALGORITHM.md §8, rollout 1 (Ĩ = 1.3363 and 1 at its two searches, then its answer turn):
+
+# %%
+rollout_1 = torch.tensor([[1.3363, 1.0, float("nan")]])
+c = lab.adaptive_clip_factor(rollout_1, beta=0.3, num_tool_turns=torch.tensor([2]))
+low, high = lab.clip_bounds(c, eps_low=3e-3, eps_high=4e-3)
+print("c (expected ≈ 1.1751, 1.1386, 1.0):", c.numpy().round(4))
+print("bands:", [(round(float(a), 5), round(float(b), 5)) for a, b in zip(low[0], high[0])])
+
+# %% [markdown]
+# ## 2. The clip explorer
+#
+# Left the fixed band ($c = 1$, GRPO and IGPO), right the adaptive one. Red shading marks ratios where the
+# objective is flat, i.e. the token gets no gradient: above the band for $A > 0$, below it for $A < 0$.
+
+# %%
+display(viz.ClipExplorer(ig_norm=1.0, beta=0.3))
+
+# %% [markdown]
+# ## 3. When does clipping act at all?
+#
+# In the first pass over a batch $\pi_\theta = \pi_\text{old}$, so every ratio is 1 and no band matters.
+# Clipping acts only when a batch is reused after an update: `num_iterations > 1` (PPO epochs) or
+# `num_mini_batches > 1` (later mini-batches see a policy already moved by earlier ones). With the
+# defaults (1 and 1) every update is on-policy and the clip bands change nothing.
+#
+# ## 4. Fixed vs adaptive on the same real step
+#
+# Two trainers from the same bundled model with the same seed sample the same rollouts, score the same
+# IG and compute the same advantages; they differ only in the clip bands. With `num_iterations=2` the
+# first pass is identical in both runs (nothing is clipped at $s = 1$), so both second passes see the
+# same ratios, and any difference in what is clipped comes from the bands alone. The learning rate is
+# 3e-5, the order used for real models: one update then moves a turn's ratio by about the width of the
+# band (with this tiny model's default 3e-4 most turns overshoot both bands and both clip the same way).
+
+# %%
+import tempfile
+
+questions = [q for q in lab.load_split("train") if q.qtype in ("chain2", "chain3")]
+tool = lab.bundled_search_tool()
+records = {}
+for name in ("a2tgpo", "a2tgpo_fixed_clip"):
+    cfg = lab.preset(name, num_prompts_per_step=PROMPTS, num_generations=GENERATIONS, num_iterations=2,
+                     learning_rate=3e-5, seed=0, output_dir=tempfile.mkdtemp(prefix=f"a2tgpo_nb04_{name}_"))
+    records[name] = lab.A2TGPOTrainer(cfg, train_examples=questions, tool=tool).step()
+adaptive, fixed = records["a2tgpo"], records["a2tgpo_fixed_clip"]
+same_rollouts = all(np.array_equal(a, b) for a, b in zip(adaptive.input_ids, fixed.input_ids))
+same_ratios = all(np.allclose(a, b, equal_nan=True) for a, b in zip(adaptive.ratio, fixed.ratio))
+print(f"same rollouts: {same_rollouts}; same second-pass ratios: {same_ratios}")
+print(f"{'':24s} {'fixed':>8s} {'adaptive':>9s}")
+for key in ("clip_ratio/region_mean", "clip_ratio/low_mean", "clip_ratio/high_mean", "ratio/min", "ratio/max"):
+    print(f"{key:24s} {fixed.metrics[key]:8.4f} {adaptive.metrics[key]:9.4f}")
+
+# %% [markdown]
+# The adaptive bands of every (rollout, turn), coloured by $c$; the dashed lines are the fixed band:
+
+# %%
+show(viz.clip_range_figure(adaptive))
+
+# %% [markdown]
+# Each model token's ratio against its turn's band (turn-level ratios: all tokens of a turn share one value):
+
+# %%
+show(viz.ratio_figure(adaptive))
+
+# %% [markdown]
+# ### Where the two bands decide differently
+#
+# Every tool turn of the step as a point: its $\tilde I$ (x) and its turn ratio (y). The dashed lines are
+# the fixed band, the solid curves the adaptive one, $1 \pm c(\tilde I)\,\varepsilon$. A turn with $A > 0$ (▲) is
+# clipped when it is above the upper line, a turn with $A < 0$ (▼) when it is below the lower one; red and
+# blue mark the turns the adaptive band clipped. The two methods disagree exactly for points between a
+# dashed line and its curve: right of 0 the adaptive band is wider (a turn that gained information keeps
+# its gradient longer), left of 0 narrower. Answer turns ($c = 1$) are left out.
+
+# %%
+import plotly.graph_objects as go
+
+
+def turn_decisions(record):
+    """{(rollout, turn): (turn ratio, clip flag)} for every turn with model tokens."""
+    decisions = {}
+    for i in range(record.batch_size):
+        model_tokens = np.asarray(record.loss_mask[i], dtype=bool)
+        for k in np.unique(record.turn_ids[i][model_tokens]):
+            in_turn = model_tokens & (record.turn_ids[i] == k)
+            decisions[(i, int(k))] = (float(np.nanmean(record.ratio[i][in_turn])), int(record.clipped[i][in_turn][0]))
+    return decisions
+
+
+fixed_turns, adaptive_turns = turn_decisions(fixed), turn_decisions(adaptive)
+tool_turns = [(i, k) for (i, k) in adaptive_turns if k <= adaptive.num_tool_turns[i]]
+cfg = adaptive.config
+grid = torch.linspace(-3, 3, 121)[:, None]
+c_grid = lab.adaptive_clip_factor(grid, cfg["clip_beta"], torch.ones(121, dtype=torch.long))[:, 0]
+low_grid, high_grid = lab.clip_bounds(c_grid, cfg["epsilon"], cfg["epsilon_high"])
+figure = go.Figure()
+for bound in (1 - cfg["epsilon"], 1 + cfg["epsilon_high"]):
+    figure.add_hline(y=bound, line=dict(color="gray", dash="dash"))
+for curve, name in ((low_grid, "adaptive lower bound"), (high_grid, "adaptive upper bound")):
+    figure.add_trace(go.Scatter(x=grid[:, 0], y=curve, mode="lines", name=name, line=dict(color="green")))
+colors = {0: "lightgray", 1: "#d62728", -1: "#1f77b4"}
+for sign, symbol in ((1, "triangle-up"), (-1, "triangle-down")):
+    chosen = [(i, k) for (i, k) in tool_turns if np.sign(adaptive.advantages[i, k - 1]) == sign]
+    figure.add_trace(go.Scatter(
+        x=[adaptive.ig_norm[i, k - 1] for i, k in chosen], y=[adaptive_turns[(i, k)][0] for i, k in chosen],
+        mode="markers", name=f"A {'>' if sign > 0 else '<'} 0",
+        marker=dict(symbol=symbol, size=11, color=[colors[adaptive_turns[t][1]] for t in chosen],
+                    line=dict(width=[3 if adaptive_turns[t][1] != fixed_turns[t][1] else 0.5 for t in chosen], color="black")),
+        customdata=[[i, k] for i, k in chosen], hovertemplate="rollout %{customdata[0]}, turn %{customdata[1]}<br>Ĩ %{x:.3f}, ratio %{y:.5f}<extra></extra>"))
+spread = 4 * max(cfg["epsilon"], cfg["epsilon_high"])
+figure.update_layout(template="plotly_white", height=420, xaxis_title="normalized IG Ĩ of the turn",
+                     yaxis=dict(title="turn ratio s", range=[1 - spread, 1 + spread]),
+                     title="tool turns of the step: thick outline = fixed and adaptive decide differently")
+show(figure)
+
+names = {0: "kept", 1: "clipped high", -1: "clipped low"}
+print(f"turns clipped: fixed {sum(f != 0 for _, f in fixed_turns.values())}, "
+      f"adaptive {sum(f != 0 for _, f in adaptive_turns.values())}, of {len(adaptive_turns)} turns")
+print(f"{'rollout':>7} {'turn':>4} {'Ĩ':>7} {'c':>7} {'A':>7} {'ratio':>8}   {'fixed':12s} {'adaptive':12s} text")
+for (i, k), (ratio, flag) in adaptive_turns.items():
+    if flag != fixed_turns[(i, k)][1]:
+        print(f"{i:7d} {k:4d} {adaptive.ig_norm[i, k - 1]:+7.3f} {adaptive.clip_factor[i, k - 1]:7.4f} "
+              f"{adaptive.advantages[i, k - 1]:+7.3f} {ratio:8.5f}   {names[fixed_turns[(i, k)][1]]:12s} {names[flag]:12s} "
+              f"{adaptive.turn_texts[i][k - 1][:40]}")
+
+# %% [markdown]
+# The band changes one turn's fate only near its edge, so in any single step few decisions differ; the
+# effect accumulates over many steps and iterations, and it is systematic: informative turns are cut
+# later, uninformative ones earlier.
+#
+# Load the real step into the explorer to see one turn's token ratios on the curves (pick a rollout and
+# a turn; Ĩ, the sign of A, β and ε come from the record):
+
+# %%
+display(viz.ClipExplorer(record=adaptive))
+
+# %% [markdown]
+# And one rollout token by token, clipped tokens underlined (red: clipped high, blue: clipped low):
+
+# %%
+clipped_rollouts = [i for i in range(adaptive.batch_size) if np.any(adaptive.clipped[i] != 0)]
+display(viz.RolloutInspector(adaptive, rollout=clipped_rollouts[0] if clipped_rollouts else 0))
+
+# %% [markdown]
+# **Takeaways.** The adaptive band is a per-turn trust region: $c \in (1-\beta, 1+\beta)$, monotone in
+# $\tilde I$, never a gradient path (it is a constant of the loss). With turn-level ratios, whole turns are
+# clipped together and $\varepsilon$ must be small. Watch `clip_ratio/*` and `turn/{k}/clip_frac` in the
+# dashboard; notebook 07 shows what a ratio blow-up looks like.
