@@ -17,11 +17,13 @@ _LAZY = {
     # the algorithm (ALGORITHM.md §1-§6)
     "information_gain": "info_gain",
     "normalize_outcomes": "advantages", "turn_group_normalize": "advantages", "pooled_normalize": "advantages",
+    "joint_normalize": "advantages", "add_outcome": "advantages", "discounted_returns": "advantages",
+    "share_first_turn": "advantages",
     "reward_terms": "advantages", "accumulate": "advantages", "compute_advantages": "advantages",
     "broadcast_to_tokens": "advantages", "ADVANTAGE_ESTIMATORS": "advantages",
     "register_advantage_estimator": "advantages", "AdvantageResult": "advantages",
-    "adaptive_clip_factor": "clipping", "clip_bounds": "clipping",
-    "policy_loss": "loss", "aggregate": "loss",
+    "adaptive_clip_factor": "clipping", "clip_bounds": "clipping", "turn_clip_factors": "clipping",
+    "policy_loss": "loss", "aggregate": "loss", "aggregation_units": "loss",
     "exact_match": "rewards", "f1_score": "rewards", "outcome_reward": "rewards", "normalize_answer": "rewards",
     # the world, rollouts and the probe
     "QAExample": "envs", "load_split": "envs", "bundled_search_tool": "envs", "SearchTool": "envs",

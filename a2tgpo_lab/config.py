@@ -169,7 +169,10 @@ class A2TGPOConfig:
         defaults (40 steps, lr 3e-4, full fine-tune) are the quickstart's, tuned on the bundled tiny
         model: 1e-3 made it forget 1-hop answers within 30 steps; 3e-4 learned the second hop.
     num_iterations: PPO epochs over each step's rollouts (TRL's μ; default 1).
-    num_mini_batches: optimizer steps per iteration (default 1).
+    num_mini_batches: optimizer steps per iteration (default 4). Clipping acts only from the second
+        optimizer step over the same rollouts on (before it the ratio is exactly 1), so one mini-batch
+        would switch the adaptive clip off; the paper takes 8 (64 prompts, PPO mini-batch 8). The
+        quickstart's 64 rollouts make 4 mini-batches of 16.
     gradient_accumulation_steps: micro-batches per optimizer step (memory only; default 1); used only
         when ``micro_batch_tokens`` is None.
 
@@ -254,7 +257,7 @@ class A2TGPOConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     num_iterations: int = 1
-    num_mini_batches: int = 1
+    num_mini_batches: int = 4
     gradient_accumulation_steps: int = 1
     micro_batch_tokens: Optional[int] = 4096
     old_logprobs: str = "sampler"

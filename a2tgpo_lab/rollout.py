@@ -391,8 +391,9 @@ def _observe(tool, query: str, tokenizer, template: ObservationTemplate, cfg: A2
     if not isinstance(text, str):
         raise TypeError(f"The tool returned {type(text).__name__} for query {query!r}; it must return the "
                         "observation text (a string, e.g. protocol.format_observation(passages)).")
-    text = get_protocol(cfg.protocol).observation(text)  # the protocol's own result tags
-    body = encode(tokenizer, text)[: cfg.max_observation_tokens]
+    protocol = get_protocol(cfg.protocol)
+    text = protocol.observation(text)  # the protocol's own result tags
+    body = protocol.truncate_observation(text, cfg.max_observation_tokens, lambda part: encode(tokenizer, part))
     closed = bool(template.close_ids) and last_token == template.close_ids[0]
     between = template.between_turns(body, turn_closed=closed)
     if rollout.completion_length + len(between) + 1 > cfg.max_completion_length:

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -109,22 +110,25 @@ class OutputDirLock:
 
 # --------------------------------------------------------------------------- JSON lines
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    """Append one JSON line per row in a single write; if the write fails, cut the file back to where it was.
+    """Append one JSON line per row; if the write fails, cut the file back to where it was.
 
     A full disk therefore never leaves half a line that would make the rest of the file unparseable."""
-    path = Path(path)
-    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
-    with open(path, "ab") as handle:
-        size = handle.tell()
+    data = memoryview("".join(json.dumps(row) + "\n" for row in rows).encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
         try:
-            handle.write(data)
-            handle.flush()
+            while data:
+                data = data[os.write(fd, data):]
         except OSError as err:
-            handle.truncate(size)
+            with contextlib.suppress(OSError):  # not every file (a device) can be truncated
+                os.ftruncate(fd, size)
             if disk_full(err):
                 raise DiskFullError(f"No space left on device while writing {path}. Free some space, then resume "
                                     "with resume_from_checkpoint='latest'.") from err
             raise
+    finally:
+        os.close(fd)
 
 
 def _parse_jsonl(path: Path) -> tuple[list[Any], list[int]]:

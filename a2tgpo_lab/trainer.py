@@ -18,17 +18,22 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .config import A2TGPOConfig
+from .checkpoint import rng_state
+from .config import A2TGPOConfig, ConfigError
 from .envs import QAExample
-from .metrics import step_metrics
+from .errors import CheckpointError, DataError, RunDirError, TrainingCollapsed
+from .interrupts import Preempted, deferred_interrupts, sigterm_as_interrupt
+from .metrics import sampled_entropy, step_metrics
 from .records import StepRecord, Trajectory
 
 
@@ -43,16 +48,22 @@ class A2TGPOTrainer:
             ``cfg.eval_split``, or ``cfg.dataset`` when it is a file.
         tool: ``query -> observation text``; by default BM25 search over ``cfg.corpus``.
         callbacks: objects with any of ``on_train_begin(trainer)``, ``on_step_end(trainer, record)``,
-            ``on_evaluate(trainer, metrics)``, ``on_train_end(trainer)``.
+            ``on_evaluate(trainer, metrics)``, ``on_pause(trainer)``, ``on_resume(trainer)``,
+            ``on_train_end(trainer)``.
         keep_records: how many recent StepRecords to keep in ``trainer.records`` (for views).
+        overwrite_output_dir: start this run in an ``output_dir`` that holds another run, deleting that
+            run's checkpoints and logs (default False: refuse, naming the other run).
+        allow_config_change: resume even though the config differs from the checkpoint's in more than
+            :data:`RESUMABLE_CHANGES` (default False: refuse, listing the differences).
     """
 
     def __init__(self, cfg: A2TGPOConfig, model=None, tokenizer=None,
                  train_examples: Optional[Sequence[QAExample]] = None,
                  eval_examples: Optional[Sequence[QAExample]] = None,
                  tool: Optional[Callable[[str], str]] = None, callbacks: Sequence[Any] = (),
-                 keep_records: int = 50):
+                 keep_records: int = 50, overwrite_output_dir: bool = False, allow_config_change: bool = False):
         from .models import is_peft_model, load_model_and_tokenizer
+        from .rundir import OutputDirLock, new_run_id
 
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
@@ -65,10 +76,13 @@ class A2TGPOTrainer:
         self.reference_model = _frozen_copy(model) if cfg.beta > 0 and not is_peft_model(model) else None
         self.device = next(model.parameters()).device
         self.train_examples, self.eval_examples = _resolve_examples(cfg, train_examples, eval_examples)
+        _check_positions(cfg, model)
+        self.train_examples = _within_prompt_budget(self.train_examples, tokenizer, cfg, "training")
+        self.eval_examples = _within_prompt_budget(self.eval_examples, tokenizer, cfg, "evaluation")
         self.tool = tool if tool is not None else _resolve_tool(cfg)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("The model has no trainable parameters: use use_peft=True (LoRA) for a frozen or "
+            raise ConfigError("The model has no trainable parameters: use use_peft=True (LoRA) for a frozen or "
                              "4-bit base model, or pass a model whose parameters require grad.")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
@@ -79,6 +93,15 @@ class A2TGPOTrainer:
         self.global_step = 0
         self.nonfinite_loss_steps = 0
         self.output_dir = Path(cfg.output_dir)
+        self.run_id = new_run_id()            # replaced by the checkpoint's on resume
+        self.resumed_from: Optional[Path] = None
+        self.interrupted: Optional[str] = None  # "SIGINT" / "SIGTERM" when train() was interrupted
+        self.overwrite_output_dir, self.allow_config_change = overwrite_output_dir, allow_config_change
+        self._lock = OutputDirLock(self.output_dir)
+        self._claimed = False
+        self._logging = False                 # inside train(): a step's commit includes its log lines
+        self._rng_at_step_start = None        # RNG states before the step in progress (what a save stores)
+        self._bad_steps = 0                   # consecutive steps with nothing to learn from (collapse_patience)
         self._stop = threading.Event()
         self._running = threading.Event()
         self._running.set()
@@ -105,6 +128,15 @@ class A2TGPOTrainer:
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
+
+    def _wait_if_paused(self) -> None:
+        """Between steps: while paused, wait for :meth:`resume` / :meth:`stop`, telling the callbacks
+        (``on_pause(trainer)`` once the trainer is really waiting, ``on_resume(trainer)`` after)."""
+        if self._running.is_set():
+            return
+        self._emit("on_pause")
+        self._running.wait()
+        self._emit("on_resume")
 
     def train_in_background(self) -> threading.Thread:
         """Run :meth:`train` in a thread so a notebook kernel stays free for the dashboard's buttons."""
@@ -143,8 +175,9 @@ class A2TGPOTrainer:
 
         cfg, model, step = self.cfg, self.model, self.global_step
         started = time.perf_counter()
+        self._rng_at_step_start = rng_state()  # an interrupt before this step commits saves these states
         examples = self.batch_examples(step)
-        generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + step)
+        generator = torch.Generator(device="cpu").manual_seed(self._rollout_seed(cfg.seed * 1_000_003 + step))
         phases = _PhaseTimer()
 
         model.eval()
@@ -180,14 +213,20 @@ class A2TGPOTrainer:
         token_low = broadcast_to_tokens(clip_low.to(self.device), turn_ids, loss_mask)
         token_high = broadcast_to_tokens(clip_high.to(self.device), turn_ids, loss_mask)
 
-        with phases("actor_update"):
-            update = self._ppo_update(traj, token_adv, token_low, token_high)
-
-        record = self._make_record(step, traj, examples, p, ig, nonfinite, adv, clip_factor, clip_low, clip_high,
-                                   token_adv, update, probe_text, time.perf_counter() - started)
-        record.elapsed_s = time.perf_counter() - started
-        record.metrics.update(phases.metrics(record.elapsed_s))
-        self.global_step += 1
+        # The update, the step counter and the step's log lines are one unit: Ctrl-C / SIGTERM wait until all
+        # are done, so a checkpoint never holds updated weights under the old step number.
+        with deferred_interrupts():
+            with phases("actor_update"):
+                update = self._ppo_update(traj, token_adv, token_low, token_high)
+            self._check_weights_finite(step)
+            record = self._make_record(step, traj, examples, p, ig, nonfinite, adv, clip_factor, clip_low,
+                                       clip_high, token_adv, update, probe_text, time.perf_counter() - started)
+            record.elapsed_s = time.perf_counter() - started
+            record.metrics.update(phases.metrics(record.elapsed_s))
+            self.global_step += 1
+            self._rng_at_step_start = None
+            if self._logging:
+                self._log(record)
         return record
 
     def _ppo_update(self, traj: Trajectory, token_adv, token_low, token_high) -> dict:
@@ -209,7 +248,8 @@ class A2TGPOTrainer:
             for mini in order.chunk(cfg.num_mini_batches):
                 self.optimizer.zero_grad(set_to_none=True)
                 losses = []
-                mini_units = aggregation_units(traj.loss_mask[mini.to(self.device)], cfg.loss_agg_mode)
+                mini_units = self._global_units(aggregation_units(traj.loss_mask[mini.to(self.device)],
+                                                                  cfg.loss_agg_mode))
                 for micro in self._micro_batches(traj, mini):
                     rows = micro.to(self.device)
                     # columns past the micro-batch's longest rollout are padding in every row: leave them out
@@ -241,6 +281,7 @@ class A2TGPOTrainer:
                     clipped[micro, :width] = out.clipped.cpu()
                     collected.append(out.metrics)
                 params = [p for p in model.parameters() if p.requires_grad]
+                self._sync_gradients(params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if torch.isfinite(grad_norm) and losses:
                     self.optimizer.step()
@@ -257,6 +298,18 @@ class A2TGPOTrainer:
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         metrics["train/nonfinite_skipped"] = float(self.nonfinite_loss_steps)
         return {"ratio": ratio, "clipped": clipped, "metrics": metrics}
+
+    # Data-parallel hooks (a2tgpo_lab.distributed.DataParallelTrainer overrides them; one process: identity).
+    def _rollout_seed(self, seed: int) -> int:
+        """The sampling seed of this process's rollouts."""
+        return seed
+
+    def _global_units(self, units: int) -> int:
+        """The aggregation units of the whole mini-batch (over all processes)."""
+        return units
+
+    def _sync_gradients(self, params: list) -> None:
+        """Sum the gradients of all processes before the optimizer step."""
 
     def _micro_batches(self, traj: Trajectory, mini: torch.Tensor) -> list[torch.Tensor]:
         """The mini-batch's rows split for gradient accumulation: by length into micro-batches of at most
@@ -310,47 +363,84 @@ class A2TGPOTrainer:
             zero_std_group_frac=float(adv.zero_std_group_frac), elapsed_s=elapsed,
         )
         record.metrics = {"step": float(step), **step_metrics(record), **update["metrics"],
+                          **sampled_entropy(traj.old_logprobs.float().cpu(), traj.loss_mask.cpu()),
                           "time/step_s": elapsed}
         return record
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, float]:
-        """Train until ``cfg.max_steps`` (or :meth:`stop`, or Ctrl-C); return the final metrics.
+        """Train until ``cfg.max_steps`` (or :meth:`stop`, Ctrl-C or SIGTERM); return the final metrics.
 
-        Checkpoints every ``save_steps`` and at the end; a KeyboardInterrupt (Ctrl-C, or a notebook's
-        interrupt button) finishes by saving the last completed step, so nothing is lost."""
+        Checkpoints every ``save_steps`` and at the end. Ctrl-C (or a notebook's interrupt button) and
+        SIGTERM (a scheduler preempting the job) finish by saving the last complete step: a step is applied,
+        counted and logged whole or not at all (:mod:`a2tgpo_lab.interrupts`), so a resumed run equals an
+        uninterrupted one. ``output_dir`` is locked while training: a second process is refused."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
-        self._stop.clear()
-        self._emit("on_train_begin")
-        bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc=f"train {cfg.preset_name or ''}".strip(),
-                   dynamic_ncols=True)
-        try:
-            while self.global_step < cfg.max_steps and not self._stop.is_set():
-                self._running.wait()
-                if self._stop.is_set():
-                    break
-                record = self.step()
-                self._log(record)
-                bar.update(1)
-                bar.set_postfix(reward=f"{record.metrics['reward']:.2f}",
-                                turns=f"{record.metrics['num_turns/mean']:.1f}",
-                                **({"em": f"{self.last_eval_em:.2f}"} if self.last_eval_em is not None else {}))
-                if self.global_step % cfg.eval_steps == 0 and self.global_step < cfg.max_steps:
-                    self.evaluate()
-                if self.global_step % cfg.save_steps == 0:
-                    self.save()
-        except KeyboardInterrupt:
-            bar.write(f"Interrupted: saving step {self.global_step} to {self.output_dir} (resume with "
-                      f"resume_from_checkpoint='latest').")
-        finally:
-            bar.close()
-        self.save()
+        with self._lock, sigterm_as_interrupt():
+            self._claim_output_dir()
+            self._stop.clear()
+            self.interrupted = None
+            self._emit("on_train_begin")
+            bar = tqdm(total=cfg.max_steps, initial=self.global_step,
+                       desc=f"train {cfg.preset_name or ''}".strip(), dynamic_ncols=True)
+            self._logging = True
+            try:
+                while self.global_step < cfg.max_steps and not self._stop.is_set():
+                    self._wait_if_paused()
+                    if self._stop.is_set():
+                        break
+                    record = self.step()  # logs the step as part of committing it
+                    self._emit("on_step_end", record)
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{record.metrics['reward']:.2f}",
+                                    turns=f"{record.metrics['num_turns/mean']:.1f}",
+                                    **({"em": f"{self.last_eval_em:.2f}"} if self.last_eval_em is not None else {}))
+                    self._check_progress(record)
+                    if self.global_step % cfg.eval_steps == 0 and self.global_step < cfg.max_steps:
+                        self.evaluate()
+                    if self.global_step % cfg.save_steps == 0:
+                        self.save()
+            except KeyboardInterrupt as stop:
+                self.interrupted = "SIGTERM" if isinstance(stop, Preempted) else "SIGINT"
+                bar.write(f"Interrupted ({self.interrupted}): saving step {self.global_step} to {self.output_dir} "
+                          "(resume with resume_from_checkpoint='latest').")
+            finally:
+                self._logging = False
+                bar.close()
+            self.save()  # a second Ctrl-C here leaves the previous checkpoint and no half-written one
         self._emit("on_train_end")
         return self.history[-1] if self.history else {}
+
+    def _check_weights_finite(self, step: int) -> None:
+        """Stop before counting a step whose update made a weight NaN/inf: nothing of it is saved or logged."""
+        from .checkpoint import latest_checkpoint
+
+        for name, param in self.model.named_parameters():
+            if param.requires_grad and not torch.isfinite(param).all():
+                last = latest_checkpoint(self.output_dir, self.run_id)
+                raise TrainingCollapsed(
+                    f"Training collapsed at step {step}: the update made weight {name} NaN/inf "
+                    f"(learning_rate={self.cfg.learning_rate}, max_grad_norm={self.cfg.max_grad_norm}). Nothing of "
+                    f"this step was saved; the last checkpoint is {last or 'none'}. Lower learning_rate, then "
+                    "resume from it with allow_config_change (--allow_config_change) or start again.")
+
+    def _check_progress(self, record: StepRecord) -> None:
+        """Count steps with nothing to learn from (no rollout answered, or every loss non-finite); after
+        ``collapse_patience`` of them in a row, save and stop with an error saying why."""
+        no_answer = all(reason != "answer" for reason in record.end_reason)
+        no_loss = not math.isfinite(record.metrics.get("loss", 0.0))
+        self._bad_steps = self._bad_steps + 1 if (no_answer or no_loss) else 0
+        patience = self.cfg.collapse_patience
+        if patience and self._bad_steps >= patience:
+            saved = self.save()
+            why = "every loss was NaN/inf" if no_loss else "no rollout produced an <answer> (all penalised)"
+            raise TrainingCollapsed(
+                f"Training stopped at step {self.global_step}: for {patience} steps in a row {why}, so there is "
+                f"nothing to learn from. Saved {saved}. Check learning_rate={self.cfg.learning_rate} and that the "
+                "model follows the tool protocol (warm-start it, or use an instruct model); collapse_patience=0 "
+                "disables this check.")
 
     @property
     def last_eval_em(self) -> Optional[float]:
@@ -360,22 +450,20 @@ class A2TGPOTrainer:
         return None
 
     def _log(self, record: StepRecord) -> None:
+        """Keep ``record`` and append its lines to metrics.jsonl and completions.jsonl (part of the step's commit)."""
+        from .rundir import append_jsonl
+
         self.records.append(record)
         del self.records[:-self.keep_records]
         self.history.append(record.metrics)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_finite(record.metrics)) + "\n")
-        with open(self.output_dir / "completions.jsonl", "a") as f:
-            for i in range(record.batch_size):
-                f.write(json.dumps({
-                    "step": record.step, "prompt_index": int(record.prompt_index[i]), "question": record.questions[i],
-                    "gold": record.answers[i], "turns": record.turn_texts[i], "final_answer": record.final_answer[i],
-                    "reward": float(record.outcome_reward[i]), "end_reason": record.end_reason[i],
-                    "ig": [None if not math.isfinite(v) else v for v in record.ig[i].tolist()],
-                    "advantages": [None if not math.isfinite(v) else v for v in record.advantages[i].tolist()],
-                }) + "\n")
-        self._emit("on_step_end", record)
+        append_jsonl(self.output_dir / "metrics.jsonl", [_finite(record.metrics)])
+        append_jsonl(self.output_dir / "completions.jsonl", [{
+            "step": record.step, "prompt_index": int(record.prompt_index[i]), "question": record.questions[i],
+            "gold": record.answers[i], "turns": record.turn_texts[i], "final_answer": record.final_answer[i],
+            "reward": float(record.outcome_reward[i]), "end_reason": record.end_reason[i],
+            "ig": [None if not math.isfinite(v) else v for v in record.ig[i].tolist()],
+            "advantages": [None if not math.isfinite(v) else v for v in record.advantages[i].tolist()],
+        } for i in range(record.batch_size)])
 
     def evaluate(self, examples: Optional[Sequence[QAExample]] = None, progress: bool = False) -> dict[str, float]:
         """Greedy evaluation on ``examples`` (default: the first ``eval_num_prompts`` eval questions)."""
@@ -384,33 +472,142 @@ class A2TGPOTrainer:
         examples = list(examples if examples is not None else self.eval_examples[: self.cfg.eval_num_prompts])
         metrics = evaluate_agent(self.model, self.tokenizer, examples, self.tool, self.cfg, progress=progress)
         metrics["step"] = float(self.global_step)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.history and self.history[-1].get("step") == float(self.global_step - 1):
             self.history[-1].update(metrics)
         else:
             self.history.append(dict(metrics))
-        with open(self.output_dir / "eval.jsonl", "a") as f:
-            f.write(json.dumps(_finite(metrics)) + "\n")
+        from .rundir import append_jsonl
+
+        with self._lock:
+            self._claim_output_dir()
+            append_jsonl(self.output_dir / "eval.jsonl", [_finite(metrics)])
         self._emit("on_evaluate", metrics)
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
+        """Write ``checkpoint-<global_step>`` (atomically; keeps this run's two newest)."""
         from .checkpoint import save_checkpoint
 
-        return save_checkpoint(self.output_dir, self.global_step, self.model, self.optimizer, self.scheduler,
-                               self.cfg.to_dict(), self.history)
+        with self._lock:
+            self._claim_output_dir()
+            return save_checkpoint(self.output_dir, self.global_step, self.model, self.optimizer, self.scheduler,
+                                   self.cfg.to_dict(), self.history, run_id=self.run_id, rng=self._rng_at_step_start)
 
     def load_checkpoint(self, checkpoint: str | Path = "latest") -> int:
-        """Restore the run from ``checkpoint`` (a ``checkpoint-<step>`` dir, or ``"latest"`` in output_dir)."""
-        from .checkpoint import latest_checkpoint, load_checkpoint
+        """Restore the run from ``checkpoint`` (a ``checkpoint-<step>`` dir, or ``"latest"`` in output_dir).
 
-        path = latest_checkpoint(self.output_dir) if str(checkpoint) == "latest" else Path(checkpoint)
-        if path is None:
-            raise FileNotFoundError(f"No checkpoint-<step> directory in {self.output_dir} to resume from; "
-                                    "train first or set resume_from_checkpoint to a checkpoint path.")
-        self.global_step, self.history = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        ``"latest"`` tries this directory's run's checkpoints newest first and falls back, with a warning
+        naming the file, past any that is corrupted. A checkpoint whose config differs from ``cfg`` beyond
+        :data:`RESUMABLE_CHANGES` is refused unless ``allow_config_change``."""
+        from .checkpoint import list_checkpoints, load_checkpoint
+        from .rundir import read_run_info
+
+        with self._lock:  # never read while another process writes (and prunes) the directory
+            if str(checkpoint) == "latest":
+                info = read_run_info(self.output_dir)
+                candidates = list_checkpoints(self.output_dir, info["run_id"] if info else None)[::-1]
+                if not candidates:
+                    raise CheckpointError(f"No checkpoint-<step> directory in {self.output_dir} to resume from; "
+                                          "train first, or set resume_from_checkpoint to a checkpoint path.")
+            else:
+                candidates = [Path(checkpoint)]
+            failures = []
+            for path in candidates:
+                self._check_config_matches(path)
+                try:
+                    self.global_step, self.history, run_id = load_checkpoint(path, self.model, self.optimizer,
+                                                                             self.scheduler)
+                    break
+                except CheckpointError as err:
+                    failures.append(str(err))
+                    if path != candidates[-1]:
+                        warnings.warn(f"{err} Falling back to the previous checkpoint.", stacklevel=2)
+            else:
+                raise CheckpointError(" ".join(failures) if len(failures) == 1 else
+                                      "No checkpoint could be loaded: " + " | ".join(failures))
+        self.run_id = run_id or self.run_id
+        self.resumed_from = path
+        self._rng_at_step_start = None
         return self.global_step
+
+    def _check_config_matches(self, checkpoint: Path) -> None:
+        from .checkpoint import read_checkpoint_config
+
+        saved, current = read_checkpoint_config(checkpoint), self.cfg.to_dict()
+        changed = {name: (saved[name], value) for name, value in current.items()
+                   if name in saved and name not in RESUMABLE_CHANGES and saved[name] != value}
+        if changed and not self.allow_config_change:
+            listed = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in sorted(changed.items()))
+            raise ConfigError(f"{checkpoint} was trained with another config: {listed}. Resume with the run's own "
+                              "settings (the CLI reads them from the checkpoint when you pass no --preset / --config), "
+                              "or pass allow_config_change=True (--allow_config_change) to resume anyway.")
+
+    def _claim_output_dir(self) -> None:
+        """Before this trainer first writes to ``output_dir`` (the lock is held): refuse a directory holding
+        another run unless ``overwrite_output_dir``; record this run in run.json and config.json; remove
+        temporary checkpoint directories left by a kill; cut the logs back to the step being resumed."""
+        from .rundir import RUN_FILE, clear_run, holds_a_run, read_run_info, rewrite_jsonl
+
+        if self._claimed:
+            return
+        info = read_run_info(self.output_dir)
+        if (info or {}).get("run_id") != self.run_id and holds_a_run(self.output_dir):
+            if not self.overwrite_output_dir:
+                other = (f"run {info['run_id']} (preset {info.get('preset')}, seed {info.get('seed')})" if info
+                         else "files of an earlier run")
+                raise RunDirError(f"{self.output_dir} already holds {other}. Continue it with "
+                                  "resume_from_checkpoint='latest' (--resume_from_checkpoint latest), replace it with "
+                                  "overwrite_output_dir=True (--overwrite_output_dir; deletes its checkpoints and logs), "
+                                  "or choose another output_dir.")
+            clear_run(self.output_dir)
+        for leftover in self.output_dir.glob("checkpoint-*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        run = {"run_id": self.run_id, "preset": self.cfg.preset_name, "seed": self.cfg.seed}
+        (self.output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
+        (self.output_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2, default=str))
+        step = self.global_step
+        rewrite_jsonl(self.output_dir / "metrics.jsonl", lambda row: (row.get("step") or 0) < step)
+        rewrite_jsonl(self.output_dir / "completions.jsonl", lambda row: (row.get("step") or 0) < step)
+        rewrite_jsonl(self.output_dir / "eval.jsonl", lambda row: (row.get("step") or 0) <= step)
+        self._claimed = True
+
+
+# Settings a resumed run may change without allow_config_change: how long to train, how often to evaluate
+# and save, where to write, on which device. Everything else would silently change the experiment.
+RESUMABLE_CHANGES = frozenset({"max_steps", "resume_from_checkpoint", "output_dir", "eval_steps", "eval_num_prompts",
+                               "eval_split", "save_steps", "logging_steps", "device", "collapse_patience",
+                               "preset_name"})
+
+
+def _check_positions(cfg: A2TGPOConfig, model) -> None:
+    """Prompt + completion must fit the model's position embeddings."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and cfg.max_prompt_length + cfg.max_completion_length > limit:
+        raise ConfigError(f"A2TGPOConfig.max_prompt_length + max_completion_length = {cfg.max_prompt_length} + "
+                          f"{cfg.max_completion_length} exceeds the model's {limit} positions "
+                          "(max_position_embeddings); lower one of them.")
+
+
+def _within_prompt_budget(examples: list[QAExample], tokenizer, cfg: A2TGPOConfig, which: str) -> list[QAExample]:
+    """``examples`` without the questions whose prompt exceeds ``max_prompt_length`` tokens (warning names them)."""
+    from .chat import prompt_ids, prompt_options
+
+    if not examples:
+        return examples
+    template = len(prompt_ids(tokenizer, "", observation_role=cfg.observation_role, **prompt_options(cfg)))
+    lengths = [template + len(ids) for ids in
+               tokenizer([ex.question for ex in examples], add_special_tokens=False)["input_ids"]]
+    kept = [ex for ex, n in zip(examples, lengths) if n <= cfg.max_prompt_length]
+    if len(kept) < len(examples):
+        first, n = next((ex, n) for ex, n in zip(examples, lengths) if n > cfg.max_prompt_length)
+        where = (f"{first.meta['source']} row {first.meta['row']}" if "row" in first.meta else f"id {first.id}")
+        message = (f"{len(examples) - len(kept)} of {len(examples)} {which} questions are longer than "
+                   f"max_prompt_length={cfg.max_prompt_length} tokens (first: {where}, {n} tokens)")
+        if not kept:
+            raise ConfigError(f"{message}: none is left. Raise max_prompt_length or shorten the questions.")
+        warnings.warn(f"{message}; they are left out. Raise max_prompt_length to keep them.", stacklevel=3)
+    return kept
 
 
 class _PhaseTimer:
@@ -500,7 +697,7 @@ def _resolve_examples(cfg: A2TGPOConfig, train, evaluation) -> tuple[list[QAExam
             train = train if train is not None else loaded[cut:]
             evaluation = evaluation if evaluation is not None else loaded[:cut]
     if not train:
-        raise ValueError("No training questions: pass train_examples or point cfg.dataset at a question file.")
+        raise DataError("No training questions: pass train_examples or point cfg.dataset at a question file.")
     return list(train), list(evaluation)
 
 

@@ -11,13 +11,15 @@
 #
 # **What you'll learn**
 #
-# - the z-score of IG inside each (prompt, turn index) group (A²TGPO) vs one z-score over every turn of
-#   the prompt (IGPO), on the worked example and on a real batch;
-# - why pooling turns a normalized IG into a statement about *depth* rather than *quality*;
+# - the z-score of IG inside each (prompt, turn index) group (A²TGPO, Eq. 6–7) vs one z-score over every
+#   turn of the prompt (pooled), and IGPO's joint z-score of IG and outcome together (Eq. 4), on the worked
+#   example and on a real batch;
+# - why pooling turns a normalized IG into a statement about *depth* rather than *quality*: the position
+#   bias of the paper's Prop. 1, measured as the per-turn mean drift ΔĀ_t;
 # - deep turns reached by few rollouts: group sizes, and `min_group_size`;
 # - groups of identical queries (std 0: the turn falls back to the outcome term);
 # - groups that differ only by noise (0.016499 vs 0.016498) and the knobs `group_std_floor`,
-#   `ig_center_only`, `min_group_size`.
+#   `ig_center_only`, `min_group_size`, and the variance guard `var_eps`.
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one
@@ -45,15 +47,30 @@ def show_source(function):
 # %% [markdown]
 # ## 1. The equation
 #
-# For prompt $q$ and turn index $k$, the group $G_{q,k}$ holds the IG of every rollout of $q$ that has a
-# tool turn $k$. With its mean $\mu_{q,k}$ and population standard deviation $\sigma_{q,k}$:
+# For prompt $q$ and process turn $t$, the group $G_{q,t}$ holds the IG of every rollout of $q$ that has a
+# process turn $t$. With its mean $\mu_{q,t}$ and population variance $v_{q,t}$ (Eq. 6–7):
 #
-# $$\tilde I_{i,k} = \frac{\mathrm{IG}_{i,k} - \mu_{q,k}}{\sigma_{q,k} + 10^{-6}}, \qquad \tilde I_{i,k} = 0 \text{ when } |G_{q,k}| < \texttt{min\_group\_size} \text{ or the group is constant.}$$
+# $$\hat I_{i,t} = \frac{\mathrm{ig}_{i,t} - \mu_{q,t}}{\sqrt{v_{q,t} + \varepsilon_\text{var}} + 10^{-6}}, \qquad \hat I_{i,t} = 0 \text{ when } |G_{q,t}| < \texttt{min\_group\_size} \text{ or the group is constant.}$$
 #
-# IGPO pools instead: one group per prompt with the IG of *all* turns of all its rollouts. The
-# outcome rewards are z-scored separately over the $G$ rollouts of the prompt (GRPO style): $\tilde o_i$.
+# The paper's Eq. 7 has no guard: `var_eps` $= \varepsilon_\text{var} = 0$ by default; the authors' released
+# code adds $10^{-8}$ (preset `a2tgpo_code`, section 6 below). The outcome rewards are z-scored over the $G$
+# rollouts of the prompt (GRPO style): $\hat R_i$.
 #
-# The two functions differ in one line, the group id: `prompt_index * T + turn column` vs `prompt_index`.
+# Two other ways to normalize, for comparison:
+#
+# - **pooled** (the ablation `a2tgpo_pooled`): one group per prompt with the IG of *all* turns of all its
+#   rollouts. `turn_group_normalize` and `pooled_normalize` differ in one line, the group id:
+#   `prompt_index * T + turn column` vs `prompt_index`;
+# - **IGPO's joint z-score** (Eq. 4, preset `igpo`): one mean and one standard deviation over the prompt's IG
+#   rewards *and* its outcome rewards together, so the outcome (0 or 1) and the IG (a few hundredths) share one
+#   scale. IGPO then sums the normalized rewards with the outcome inside the sum (notebook 03).
+#
+# The z-score itself, shared by all of them, then the group choices:
+
+# %%
+from a2tgpo_lab import advantages as advantages_module
+
+show_source(advantages_module._group_zscore)
 
 # %%
 show_source(lab.turn_group_normalize)
@@ -61,8 +78,11 @@ show_source(lab.turn_group_normalize)
 # %%
 show_source(lab.pooled_normalize)
 
+# %%
+show_source(lab.joint_normalize)
+
 # %% [markdown]
-# ## 2. The worked example (ALGORITHM.md §8)
+# ## 2. The worked example (ALGORITHM.md §9)
 #
 # One prompt, three rollouts with IG $[0.20, 0.40]$, $[0.05]$, $[0.10, 0.05, 0.35]$. Turn 1's group is
 # $\{0.20, 0.05, 0.10\}$, turn 2's is $\{0.40, 0.05\}$, turn 3's is a singleton.
@@ -75,15 +95,25 @@ by_turn, group_id, group_size, _ = lab.turn_group_normalize(ig_example, one_prom
 pooled, _, _, _ = lab.pooled_normalize(ig_example, one_prompt)
 print("group id [B, T]:\n", group_id.numpy())
 print("group size [B, T]:\n", group_size.numpy())
-print("Ĩ per (prompt, turn) (expected ≈ [1.3363, 1, –], [−1.0690], [−0.2673, −1, 0]):\n", by_turn.numpy().round(4))
-print("Ĩ pooled over all turns (IGPO):\n", pooled.numpy().round(4))
-print("õ (outcomes 1, 0, 1; expected ≈ 0.7071, −1.4142, 0.7071):",
-      lab.normalize_outcomes(torch.tensor([1.0, 0.0, 1.0]), one_prompt).numpy().round(4))
+print("Î per (prompt, turn) (expected ≈ [1.3363, 1, –], [−1.0690], [−0.2673, −1, 0]):\n", by_turn.numpy().round(4))
+print("Î pooled over all turns (IGPO):\n", pooled.numpy().round(4))
+outcomes, searches = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([2, 1, 3])
+print("R̂ (outcomes 1, 0, 1; expected ≈ 0.7071, −1.4142, 0.7071):",
+      lab.normalize_outcomes(outcomes, one_prompt).numpy().round(4))
+ig_joint, outcome_joint, _, _, _ = lab.joint_normalize(ig_example, outcomes, one_prompt)
+print("IGPO joint z-score, IG part:\n", ig_joint.numpy().round(4))
+print("IGPO joint z-score, outcome part:", outcome_joint.numpy().round(4))
+igpo = lab.discounted_returns(lab.reward_terms(ig_joint, outcome_joint, searches), searches)
+print("IGPO advantages, outcome inside the sum (expected rollout 1 ≈ [1.4847, 1.8897, 1.7547], "
+      "rollout 2 ≈ [−1.7547, −0.9448]):\n", igpo.numpy().round(4))
 
 # %% [markdown]
 # Pooled, rollout 3's last search (IG 0.35, the best search of the batch) and its second (IG 0.05) are
-# compared with each other and with turn 1s; per turn, the 0.35 stands alone (a singleton: $\tilde I = 0$,
+# compared with each other and with turn 1s; per turn, the 0.35 stands alone (a singleton: $\hat I = 0$,
 # it cannot be judged) and the 0.05 at turn 2 is judged only against the 0.40 at the same depth.
+# In IGPO's joint z-score the two outcomes of 1 pull the mean of the nine rewards up to 0.35 and dominate
+# their spread, so five of the six searches come out negative, useful or not: there a search's normalized
+# reward says little about the search, and the outcome, summed into every turn, decides the advantage's sign.
 #
 # ## 3. A real batch
 #
@@ -100,8 +130,8 @@ record = trainer.step()
 ig, prompts = torch.as_tensor(record.ig), torch.as_tensor(record.prompt_index)
 per_turn, _, _, _ = lab.turn_group_normalize(ig, prompts)
 pooled, _, _, _ = lab.pooled_normalize(ig, prompts)
-print(f"{'turn k':>6} {'IG values':>9} {'mean raw IG':>12} {'median raw IG':>14} {'pooled Ĩ > 0':>13} "
-      f"{'per-turn Ĩ > 0':>15}")
+print(f"{'turn k':>6} {'IG values':>9} {'mean raw IG':>12} {'median raw IG':>14} {'pooled Î > 0':>13} "
+      f"{'per-turn Î > 0':>15}")
 for k in range(1, record.max_turns + 1):
     present = np.isfinite(record.ig[:, k - 1])
     if present.any():
@@ -114,10 +144,27 @@ for k in range(1, record.max_turns + 1):
 # The IG of different depths lives on different scales: the first search of this tiny model mostly
 # reveals the answer's *type* (a small, steady gain), a later one either retrieves the answer itself (a
 # large jump) or adds nothing. Pooling ranks every turn against the turns of *all* depths of its prompt, so
-# the share of positive $\tilde I$ differs by depth (the `pooled Ĩ > 0` column), whatever each search did:
+# the share of positive $\hat I$ differs by depth (the `pooled Î > 0` column), whatever each search did:
 # the normalized IG says as much about a turn's depth as about its quality. Per (prompt, turn) every depth
-# is centred on its own mean, and a turn's $\tilde I$ only says how it compares with the same turn of its
+# is centred on its own mean, and a turn's $\hat I$ only says how it compares with the same turn of its
 # siblings.
+#
+# ### The position bias, measured (the paper's Prop. 1 and Fig. 4)
+#
+# Pooled, a turn of average quality *for its depth* ($\mathrm{ig} = \mu_t$) scores $(\mu_t - \bar\mu)/\sigma_\text{pool}$,
+# not 0, whenever its depth's mean $\mu_t$ differs from the pooled mean $\bar\mu$. Average the normalized IG
+# over all rollouts at each turn $t$ ($\bar A_t$) and take the spread between the largest and the smallest
+# of those means, $\Delta\bar A_t$ (our reading of the annotation in the paper's Fig. 4, which reports 1.03
+# pooled vs 0.00 per turn on its Qwen3-4B batch). Per (prompt, turn) it is 0 by construction: every group is
+# centred, and singletons are 0.
+
+# %%
+present = np.isfinite(record.ig)
+turns_present = [t for t in range(record.ig.shape[1]) if present[:, t].any()]
+for label, values in (("raw IG", record.ig), ("pooled Î", pooled.numpy()), ("per-turn Î", per_turn.numpy())):
+    means = np.array([values[present[:, t], t].mean() for t in turns_present])
+    print(f"{label:11s} per-turn mean Ā_t {np.array2string(means, precision=3, sign='+'):32s} "
+          f"ΔĀ_t = max − min = {means.max() - means.min():.2f}")
 
 # %% [markdown]
 # Side by side for the prompt with the most multi-search rollouts:
@@ -133,7 +180,7 @@ show(viz.pooled_vs_turn_group_figure(record, prompt=prompt))
 # ## 4. Group sizes: deep turns are reached by few rollouts
 #
 # Rollouts stop searching at different depths, so the group of turn 3 may hold two rollouts, or one.
-# A singleton gives $\tilde I = 0$ (there is nothing to compare with); `min_group_size` raises that
+# A singleton gives $\hat I = 0$ (there is nothing to compare with); `min_group_size` raises that
 # threshold. Each cell of the heatmap is annotated with its group size; ✕ marks groups too small to
 # normalize, ○ constant ones.
 
@@ -153,9 +200,10 @@ for k in range(1, record.max_turns + 1):
 #
 # The probe is deterministic, so two rollouts of the same prompt that issue the same query at turn 1 (and
 # get the same observation) have bit-identical IG. A group where every member did the same has no
-# spread: $\tilde I = 0$ for all of them (counted in `record.zero_std_group_frac`), and their advantage at
-# that turn comes from the remaining terms alone, the outcome $\tilde o_i$ shrunk by the √n rescale
-# (notebook 03).
+# spread: $\hat I = 0$ for all of them (counted in `record.zero_std_group_frac`), and their advantage at
+# that turn is the outcome $\hat R_i$ plus the rescaled IG credit of their *later* turns only (notebook 03).
+# On a small model with greedy-looking sampling this is common at turn 1, where many rollouts issue the
+# obvious query; the identical searches then earn no IG credit at all, good or bad.
 
 # %%
 def constant_groups(record):
@@ -179,7 +227,7 @@ if not constant:
 prompt, turn, members = constant[0]
 for r in members:
     print(f"rollout {r:2d}, turn {turn}: query {source.tool_calls[r][turn - 1]!r:32} IG {source.ig[r, turn - 1]:+.6f} "
-          f"Ĩ {source.ig_norm[r, turn - 1]:+.1f}  õ {source.outcome_norm[r]:+.3f}  A {source.advantages[r, turn - 1]:+.3f}")
+          f"Î {source.ig_norm[r, turn - 1]:+.1f}  R̂ {source.outcome_norm[r]:+.3f}  Â {source.advantages[r, turn - 1]:+.3f}")
 show(viz.group_normalization_figure(source, prompt=prompt, turn=turn))
 
 # %% [markdown]
@@ -187,13 +235,18 @@ show(viz.group_normalization_figure(source, prompt=prompt, turn=turn))
 #
 # The opposite trap: a group whose IG values differ in the fifth or sixth decimal (equally useless searches
 # whose observations differ by one word) is stretched by the z-score to $O(1)$ advantages with opposite
-# signs. The $\varepsilon = 10^{-6}$ in the denominator damps it only while the spread is below about
-# $10^{-6}$ (0.016499 vs 0.016498 gives ±0.33; a spread of $10^{-5}$ already gives ±0.9). Three knobs:
+# signs. The $10^{-6}$ added to the denominator damps it only while the spread is below about
+# $10^{-6}$ (0.016499 vs 0.016498 gives ±0.33; a spread of $10^{-5}$ already gives ±0.9). Four knobs:
 #
-# - `group_std_floor` (IG units): a group with $\sigma \le$ floor counts as constant ($\tilde I = 0$). Default
+# - `var_eps` (IG units squared): the variance guard $\sqrt{v + \varepsilon_\text{var}}$. 0 by default (the
+#   paper's Eq. 7); the released code uses $10^{-8}$, i.e. spreads below $10^{-4}$ are damped. That suits its
+#   log-probability IG (values of 0.01–0.1), but a guard must match the IG's units: with probability IG on a
+#   real model (values near $10^{-6}$) a $10^{-8}$ guard erases the whole signal;
+#
+# - `group_std_floor` (IG units): a group with $\sigma \le$ floor counts as constant ($\hat I = 0$). Default
 #   0 (faithful to the paper); $10^{-3}$ removes noise-level groups while keeping real differences;
-# - `ig_center_only`: $\tilde I = \mathrm{IG} - \mu$ without dividing by $\sigma$: tiny differences stay tiny
-#   (but then $\tilde I$ is on IG's scale, no longer unit-variance);
+# - `ig_center_only`: $\hat I = \mathrm{IG} - \mu$ without dividing by $\sigma$: tiny differences stay tiny
+#   (but then $\hat I$ is on IG's scale, no longer unit-variance);
 # - `min_group_size`: groups smaller than this give 0.
 
 # %%
@@ -201,10 +254,11 @@ same_prompt = torch.zeros(4, dtype=torch.long)
 for values in ([0.016499, 0.016498, 0.016499, 0.016498], [0.01650, 0.01648, 0.01650, 0.01648]):
     noisy = torch.tensor(values)[:, None]          # [B = 4, T = 1]: one prompt, one turn
     print(f"IG {values}: std {noisy.std(unbiased=False):.1e}")
-    for label, knobs in [("faithful (floor 0)", {}), ("group_std_floor=1e-3", dict(std_floor=1e-3)),
+    for label, knobs in [("faithful (floor 0)", {}), ("var_eps=1e-8", dict(var_eps=1e-8)),
+                         ("group_std_floor=1e-3", dict(std_floor=1e-3)),
                          ("ig_center_only=True", dict(center_only=True)), ("min_group_size=5", dict(min_group_size=5))]:
         z, _, _, _ = lab.turn_group_normalize(noisy, same_prompt, **knobs)
-        print(f"  {label:22s} Ĩ = {np.array2string(z.squeeze(1).numpy(), precision=3)}")
+        print(f"  {label:22s} Î = {np.array2string(z.squeeze(1).numpy(), precision=3)}")
 
 spreads = []
 for gid in np.unique(record.group_id[record.group_id >= 0]):
@@ -225,13 +279,13 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 
-def renormalized(record, normalization, std_floor, center_only, min_group_size):
-    """The record with Ĩ, group ids and sizes recomputed by the library under other knobs."""
+def renormalized(record, normalization, var_eps, std_floor, center_only, min_group_size):
+    """The record with Î, group ids and sizes recomputed by the library under other knobs."""
     normalize = lab.turn_group_normalize if normalization == "turn_group" else lab.pooled_normalize
     ig_norm, group_id, group_size, zero_frac = normalize(
         torch.as_tensor(record.ig), torch.as_tensor(record.prompt_index), min_group_size=min_group_size,
-        std_floor=std_floor, center_only=center_only)
-    config = {**record.config, "normalization": normalization, "group_std_floor": std_floor,
+        std_floor=std_floor, center_only=center_only, var_eps=var_eps)
+    config = {**record.config, "normalization": normalization, "var_eps": var_eps, "group_std_floor": std_floor,
               "ig_center_only": center_only, "min_group_size": min_group_size}
     return dataclasses.replace(record, ig_norm=ig_norm.numpy(), group_id=group_id.numpy(),
                                group_size=group_size.numpy(), zero_std_group_frac=zero_frac, config=config)
@@ -239,6 +293,7 @@ def renormalized(record, normalization, std_floor, center_only, min_group_size):
 
 controls = dict(
     normalization=widgets.ToggleButtons(options=["turn_group", "pooled"], description="groups"),
+    var_eps=widgets.SelectionSlider(options=[0.0, 1e-10, 1e-8, 1e-6, 1e-4], value=0.0, description="var_eps"),
     std_floor=widgets.SelectionSlider(options=[0.0, 1e-6, 1e-4, 1e-3, 1e-2, 5e-2], value=0.0, description="std floor"),
     center_only=widgets.Checkbox(value=False, description="centre only"),
     min_group_size=widgets.IntSlider(value=2, min=1, max=GENERATIONS, description="min size"))
@@ -254,11 +309,11 @@ def redraw(*_):
 
 for control in controls.values():
     control.observe(redraw, names="value")
-display(widgets.VBox([widgets.HBox(list(controls.values())[:2]), widgets.HBox(list(controls.values())[2:]),
+display(widgets.VBox([widgets.HBox(list(controls.values())[:3]), widgets.HBox(list(controls.values())[3:]),
                       readout, heatmap]))
 
 # %% [markdown]
 # **Takeaways.** Normalizing per (prompt, turn index) compares like with like; pooling compares a first
 # search with a last one. Small and constant groups give 0, which silently hands those turns to the
 # outcome term: watch `ig/zero_std_group_frac` and the group sizes. Noise-level spreads are the
-# z-score's blind spot; `group_std_floor` is the knob.
+# z-score's blind spot; `group_std_floor` and `var_eps` (in the IG's own units) are the knobs.

@@ -63,7 +63,7 @@ print(f"step {record.step}: end reasons {dict(Counter(record.end_reason))}")
 #
 # Model tokens (the only ones trained, `loss_mask`) are coloured by their assistant turn; prompt and
 # observation tokens are grey. Switch *colour by* to `advantage` to see what each token was pushed
-# towards; underlined tokens were clipped. The table lists IG, Ĩ, A and c per turn; hover a token for its
+# towards; underlined tokens were clipped. The table lists IG, Î, A and c per turn; hover a token for its
 # position, turn, advantage and ratio.
 
 # %%
@@ -175,8 +175,8 @@ logprobs[0, 2] += 3.0
 logprobs.requires_grad_(True)
 one_turn, all_model = torch.ones(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool)
 advantage = torch.full((1, 4), -1.0)
-settings = [("token ratio, ε 0.2/0.28", dict(ratio_level="token"), (0.2, 0.28)),
-            ("token ratio + dual clip 3", dict(ratio_level="token", dual_clip=3.0), (0.2, 0.28)),
+settings = [("token ratio, ε 0.2", dict(ratio_level="token"), (0.2, 0.2)),
+            ("token ratio + dual clip 3", dict(ratio_level="token", dual_clip=3.0), (0.2, 0.2)),
             ("turn ratio, ε 3e-3/4e-3", dict(ratio_level="turn"), (3e-3, 4e-3))]
 for label, knobs, (eps_low, eps_high) in settings:
     loss, out = lab.policy_loss(logprobs, old_logprobs, advantage, one_turn, all_model,
@@ -210,7 +210,7 @@ for mode in ("prob", "logprob"):
     print(f"{mode:8s} dropped {dropped}, IG [B, T]:\n{np.array2string(ig.numpy(), precision=4)}")
 ig, _, _ = lab.information_gain(probe_scores, three_searches)
 result = lab.compute_advantages(lab.preset("a2tgpo"), ig, torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), three_searches)
-print(f"Ĩ:\n{np.array2string(result.ig_norm.numpy(), precision=3)}")
+print(f"Î:\n{np.array2string(result.ig_norm.numpy(), precision=3)}")
 print(f"A (finite: the dropped terms count as 0):\n{np.array2string(result.advantages.numpy(), precision=3)}")
 print(f"this run's step: ig/nonfinite_count = {record.metrics['ig/nonfinite_count']:.0f}")
 

@@ -87,3 +87,112 @@ def test_bundled_splits_keep_hops_qtype_and_meta():
     dev = load_split("dev")
     assert all(e.id.startswith("dev-") and 1 <= e.hops <= 3 and e.qtype != "external" for e in dev)
     assert all(len(e.meta["queries"]) == e.hops for e in dev)
+
+
+# ----------------------------------------------------------------------------- verl-style rows (the paper's stack)
+SPLIT = "<|answer_split|>"
+
+
+def verl_row(question, truth, source="hotpotqa", index=0, system=None):
+    prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return {"data_source": source, "prompt": prompt, "ability": "fact-reasoning",
+            "reward_model": {"ground_truth": truth, "style": "rule"}, "extra_info": {"index": index, "split": "test"}}
+
+
+VERL_ROWS = [
+    verl_row("who wrote emma?", f"Jane Austen{SPLIT}Austen", "nq", 10),
+    verl_row("capital of peru?", ["Lima", "Lima, Peru"], "triviaqa", 11, system="You are helpful."),
+    verl_row("which river is longer?", {"target": ["Nile"]}, "2wikimultihopqa", 12),
+    verl_row("Answer the question. Search with <search> q </search> and answer with <answer> a </answer>. "
+             "Question: who painted the mona lisa?", "Leonardo da Vinci", "bamboogle", 13),
+]
+EXPECTED = [("10", "who wrote emma?", ("Jane Austen", "Austen"), "nq"),
+            ("11", "capital of peru?", ("Lima", "Lima, Peru"), "triviaqa"),
+            ("12", "which river is longer?", ("Nile",), "2wikimultihopqa"),
+            ("13", "who painted the mona lisa?", ("Leonardo da Vinci",), "bamboogle")]
+
+
+def write_parquet(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_verl_rows_every_ground_truth_variant(tmp_path, suffix):
+    """A parquet table needs one type per column, so each ground-truth variant gets its own file there."""
+    for n, (row, expected) in enumerate(zip(VERL_ROWS, EXPECTED)):
+        path = tmp_path / f"q{n}{suffix}"
+        write_jsonl(path, [row]) if suffix == ".jsonl" else write_parquet(path, [row])
+        [example] = load_questions(path)
+        assert (example.id, example.question, example.answers, example.data_source) == expected
+        assert example.meta["ability"] == "fact-reasoning" and example.meta["extra_info"]["split"] == "test"
+        assert example.meta["prompt"][-1]["role"] == "user"
+
+
+def test_verl_parquet_of_several_benchmarks(tmp_path):
+    sources = ["hotpotqa", "2wikimultihopqa", "musique", "bamboogle", "nq", "triviaqa", "popqa"]
+    rows = [verl_row(f"question {i} from {s}?", f"answer {i}{SPLIT}alias {i}", s, i) for i, s in enumerate(sources)]
+    examples = load_questions(write_parquet(tmp_path / "test.parquet", rows))
+    assert [e.data_source for e in examples] == sources
+    assert examples[2].answers == ("answer 2", "alias 2") and examples[2].question == "question 2 from musique?"
+
+
+def test_question_field_wins_over_the_templated_prompt(tmp_path):
+    """Search-R1's processed rows keep the raw question next to the templated prompt."""
+    row = {**verl_row("Answer ... <answer> x </answer>. Question: q?", ["x"]), "question": "raw question?"}
+    assert load_questions(write_jsonl(tmp_path / "q.jsonl", [row]))[0].question == "raw question?"
+    row = verl_row("Answer ... Question: q?", ["x"])
+    row["extra_info"]["question"] = "from extra info?"
+    assert load_questions(write_jsonl(tmp_path / "q.jsonl", [row]))[0].question == "from extra info?"
+    plain = verl_row("Question: is this kept whole? (no protocol instruction before it)", ["yes"])
+    assert load_questions(write_jsonl(tmp_path / "q.jsonl", [plain]))[0].question.startswith("Question: is this")
+
+
+@pytest.mark.parametrize("row, message", [
+    ({**verl_row("q?", ["x"]), "prompt": "q?"}, r"row 2: field 'prompt' must be a list"),
+    ({**verl_row("q?", ["x"]), "prompt": [{"role": "system", "content": "s"}]}, r"row 2: field 'prompt' has no "
+                                                                                 r"message with role 'user'"),
+    ({**verl_row("q?", ["x"]), "prompt": [{"role": "user", "content": ""}]}, r"row 2: field 'prompt' ends with"),
+    (verl_row("q?", f"x{SPLIT}"), r"row 2: field 'reward_model.ground_truth' holds ''"),
+    (verl_row("q?", {"target": []}), r"row 2: field 'reward_model.ground_truth.target' must be"),
+    (verl_row("q?", {"other": ["x"]}), r"row 2: no gold answers"),
+    (verl_row("q?", [None]), r"row 2: field 'reward_model.ground_truth' holds None"),
+    ({**verl_row("q?", ["x"]), "data_source": 3}, r"row 2: field 'data_source' must be a string"),
+])
+def test_malformed_verl_rows_name_file_row_and_field(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [verl_row("fine?", ["x"]), row])
+    with pytest.raises(ValueError, match=message) as error:
+        load_questions(path)
+    assert str(path) in str(error.value)
+
+
+def test_undecodable_files_name_file_and_row(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"question": "fine ?", "answer": "x"}\n{"question": "caf\xe9 ?", "answer": "x"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl, row 2: not UTF-8"):
+        load_questions(path)
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'[{"question": "caf\xe9 ?", "answer": "x"}]')
+    with pytest.raises(ValueError, match=r"latin1.json: not UTF-8"):
+        load_questions(path)
+    path = tmp_path / "broken.json"
+    path.write_text('[{"question": "q ?", "answer": "x"},\n {"question": }]')
+    with pytest.raises(ValueError, match=r"broken.json, line 2: not valid JSON"):
+        load_questions(path)
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(ValueError, match=r"broken.parquet: not a readable parquet file"):
+        load_questions(path)
+
+
+def test_evaluation_reports_em_per_data_source():
+    from a2tgpo_lab.evaluation import summarize_eval
+
+    rows = [{"hops": 0, "qtype": "external", "data_source": source, "em": em, "f1": em, "turns": 2, "searches": 1,
+             "format_error": 0.0} for source, em in [("nq", 1.0), ("nq", 0.0), ("hotpotqa", 1.0), ("", 0.0)]]
+    metrics = summarize_eval(rows)
+    assert metrics["eval/em/source_nq"] == 0.5 and metrics["eval/em/source_hotpotqa"] == 1.0
+    assert metrics["eval/em"] == 0.5 and not any(key.endswith("source_") for key in metrics)

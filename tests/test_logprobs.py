@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from a2tgpo_lab.logprobs import logprobs_from_logits, positions_from_mask, token_logprobs
+from a2tgpo_lab.logprobs import logprobs_from_logits, positions_from_mask, token_budget_batches, token_logprobs
 from a2tgpo_lab.tiny import build_tiny_qwen, build_word_tokenizer
 
 
@@ -105,3 +105,33 @@ def test_bad_shapes_and_temperature_are_clear_errors(model):
         token_logprobs(model, ids, torch.ones(2, 4))
     with pytest.raises(ValueError, match="temperature"):
         token_logprobs(model, ids, torch.ones(2, 5), temperature=0.0)
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_scoring_only_masked_tokens_gives_their_full_scores(model, entropy):
+    """score_mask: the lm_head runs only where the masked tokens are predicted; their values are unchanged."""
+    ids, mask = pad(sequences(model.config.vocab_size, lengths=(7, 4, 9)), "right")
+    chosen = torch.rand(ids.shape, generator=torch.Generator().manual_seed(3)) < 0.5
+    with torch.no_grad():
+        full = token_logprobs(model, ids, mask, temperature=0.8, return_entropy=entropy)
+        part = token_logprobs(model, ids, mask, temperature=0.8, return_entropy=entropy, score_mask=chosen)
+    kept = chosen & mask.bool()
+    kept[:, 0] = False
+    torch.testing.assert_close(part.logprobs[kept], full.logprobs[kept], rtol=0, atol=1e-5)
+    assert (part.logprobs[~kept] == 0).all() and (full.logprobs[kept] != 0).all()
+    if entropy:
+        torch.testing.assert_close(part.entropy[kept], full.entropy[kept], rtol=0, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=30), st.integers(1, 200))
+def test_token_budget_batches_cover_every_row_within_the_budget(lengths, budget):
+    lengths = torch.tensor(lengths)
+    batches = token_budget_batches(lengths, budget)
+    rows = torch.cat(batches)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * int(lengths[batch].max()) <= budget
+    # sorted by length: no batch holds a row longer than one of an earlier batch
+    tops = [int(lengths[b].max()) for b in batches]
+    assert tops == sorted(tops, reverse=True)

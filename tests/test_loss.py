@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from a2tgpo_lab.loss import aggregate, importance_ratio, kl_penalty, policy_loss
+from a2tgpo_lab.loss import aggregate, aggregation_units, importance_ratio, kl_penalty, policy_loss
 
 E = math.e
 
@@ -38,6 +38,19 @@ def test_aggregation_modes_by_hand():
     assert aggregate(values, mask, "seq-mean-token-sum").item() == pytest.approx((3 + 4) / 2)
     with pytest.raises(ValueError, match="loss_agg_mode"):
         aggregate(values, mask, "mean")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.sampled_from(["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]),
+       st.integers(1, 4))
+def test_unit_weighted_parts_give_the_aggregate_of_the_whole(seed, mode, parts):
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    mask = torch.rand(6, 5, generator=generator) < 0.6
+    whole_units = aggregation_units(mask, mode)
+    pieces = sum(aggregate(values[rows], mask[rows], mode) * aggregation_units(mask[rows], mode) / max(whole_units, 1)
+                 for rows in torch.arange(6).chunk(parts))
+    assert float(pieces) == pytest.approx(float(aggregate(values, mask, mode)), abs=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])

@@ -115,7 +115,7 @@ def test_tokenizer_without_chat_template_is_an_error(tmp_path):
     tokenizer = build_word_tokenizer(TEXTS)
     tokenizer.chat_template = None
     directory = _save_tiny(tmp_path / "no_template", tokenizer)
-    with pytest.raises(ValueError, match="no chat template"):
+    with pytest.raises(models.ModelError, match="no chat template"):
         load(directory)
 
 

@@ -20,7 +20,8 @@ def setup():
     handle = force_next_tokens(model, tokenizer, SEARCH_OR_ANSWER)
     cfg = small_config(num_generations=4, max_turns=4)
     try:
-        traj = generate_rollouts(model, tokenizer, EXAMPLES, fact_tool, cfg, generator=torch.Generator().manual_seed(4))
+        traj = generate_rollouts(model, tokenizer, EXAMPLES, fact_tool, cfg, generator=torch.Generator().manual_seed(4),
+                                 keep_kv=True)
     finally:
         handle.remove()
     return model, tokenizer, traj, cfg
@@ -33,12 +34,16 @@ def test_rollouts_cover_several_depths(setup):
     assert len({len(a[0].split()) for a in traj.answers}) == 2  # one- and two-token gold answers
 
 
+@pytest.mark.parametrize("reuse_cache", [True, False])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_fast_scorer_equals_naive(setup, attention):
+def test_fast_scorer_equals_naive(setup, attention, reuse_cache):
+    """With the rollout's KV cache (pass 1 skipped) or encoding the contexts itself, the fast scorer gives
+    the naive scorer's numbers."""
     model, tokenizer, traj, cfg = setup
+    assert traj.kv_prefix is not None
     model.set_attn_implementation(attention)
     try:
-        fast, fast_text = score_probes(model, tokenizer, traj, cfg)
+        fast, fast_text = score_probes(model, tokenizer, traj, cfg, reuse_cache=reuse_cache)
         naive, naive_text = score_probes_naive(model, tokenizer, traj, cfg)
     finally:
         model.set_attn_implementation("sdpa")
@@ -55,9 +60,21 @@ def test_fast_scorer_equals_naive(setup, attention):
 
 def test_fast_scorer_in_row_chunks_gives_the_same(setup):
     model, tokenizer, traj, cfg = setup
-    whole, _ = score_probes(model, tokenizer, traj, cfg)
+    whole, _ = score_probes(model, tokenizer, traj, cfg, reuse_cache=False)
     chunked, _ = score_probes(model, tokenizer, traj, cfg, batch_size=5)
     torch.testing.assert_close(whole, chunked, rtol=0, atol=1e-5, equal_nan=True)
+
+
+def test_a_cache_of_another_trajectory_is_a_clear_error(setup):
+    model, tokenizer, traj, cfg = setup
+    shorter = traj.kv_prefix.lengths.clone()
+    shorter[0] = 1
+    traj.kv_prefix.lengths, saved = shorter, traj.kv_prefix.lengths
+    try:
+        with pytest.raises(ValueError, match="cached tokens"):
+            score_probes(model, tokenizer, traj, cfg)
+    finally:
+        traj.kv_prefix.lengths = saved
 
 
 def test_naive_scorer_scores_only_the_gold_tokens(setup):
@@ -129,3 +146,23 @@ def test_only_the_first_gold_alias_is_scored(setup):
     other_first.answers = [["Brevik", aliases[0]] for aliases in traj.answers]
     torch.testing.assert_close(score_probes(model, tokenizer, other_second, cfg)[0], base, equal_nan=True)
     assert not torch.allclose(score_probes(model, tokenizer, other_first, cfg)[0].nan_to_num(), base.nan_to_num())
+
+
+def test_identical_probes_are_scored_once_and_spread_over_rows(setup):
+    from a2tgpo_lab.probe import _assign_hosts, _distinct_probes, probe_suffixes
+
+    model, tokenizer, traj, cfg = setup
+    probes = _distinct_probes(traj, probe_suffixes(tokenizer, traj, cfg))
+    members = [m for p in probes for m in p.members]
+    assert sorted(members) == sorted((b, t) for b in range(traj.batch_size)
+                                     for t in range(int(traj.num_tool_turns[b]) + 1))
+    # the rollouts of one prompt share its t = 0 probe
+    assert len(probes) <= len(members) - (traj.batch_size - len(set(traj.prompt_index.tolist())))
+    for probe in probes:
+        for b, t in probe.members:
+            assert int(traj.context_ends[b, t]) == probe.context_len
+            assert torch.equal(traj.input_ids[b, :probe.context_len], traj.input_ids[probe.hosts[0], :probe.context_len])
+    hosted = _assign_hosts(probes)
+    assert sum(len(v) for v in hosted.values()) == len(probes)
+    assert all(b in p.hosts for b, ps in hosted.items() for p in ps)
+    assert max(len(v) for v in hosted.values()) <= -(-len(probes) // traj.batch_size) + 1

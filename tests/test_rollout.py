@@ -196,6 +196,49 @@ def test_old_logprobs_equal_a_fresh_forward(forced, tokenizer):
     assert (traj.old_logprobs[traj.loss_mask] <= 0).all() and (traj.old_logprobs[traj.loss_mask] < 0).any()
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_sampler_logprobs_equal_the_recomputed_forward(forced, tokenizer, top_p):
+    """old_logprobs="sampler" (read off the decode's logits) equals "recompute" (a fresh forward) in float32,
+    at a temperature ≠ 1 and with nucleus sampling (π_old is the full distribution at τ, not the nucleus)."""
+    cfg = small_config(temperature=0.7, top_p=top_p)
+    runs = {mode: generate_rollouts(forced, tokenizer, EXAMPLES, fact_tool, cfg, old_logprobs=mode,
+                                    generator=torch.Generator().manual_seed(2)) for mode in ("sampler", "recompute")}
+    sampler, recompute = runs["sampler"], runs["recompute"]
+    assert torch.equal(sampler.input_ids, recompute.input_ids)
+    assert (recompute.old_logprobs[recompute.loss_mask] < -1e-3).any(), "some sampled tokens were not certain"
+    torch.testing.assert_close(sampler.old_logprobs, recompute.old_logprobs, rtol=0, atol=1e-5)
+
+
+def test_evaluation_rollouts_skip_old_logprobs(forced, tokenizer):
+    cfg = small_config()
+    with_scores = generate_rollouts(forced, tokenizer, EXAMPLES, fact_tool, cfg, greedy=True, old_logprobs="recompute")
+    without = generate_rollouts(forced, tokenizer, EXAMPLES, fact_tool, cfg, greedy=True, old_logprobs="none")
+    assert torch.equal(with_scores.input_ids, without.input_ids)
+    assert (without.old_logprobs == 0).all() and (with_scores.old_logprobs != 0).any()
+    with pytest.raises(ValueError, match="old_logprobs"):
+        generate_rollouts(forced, tokenizer, EXAMPLES, fact_tool, cfg, old_logprobs="cached")
+
+
+@pytest.mark.parametrize("reencode", [False, True])
+def test_kept_kv_cache_equals_a_fresh_encoding(forced, tokenizer, reencode):
+    """keep_kv: row b's cache, holes removed, holds the keys / values a fresh forward over its tokens gives."""
+    cfg = small_config()
+    traj = generate_rollouts(forced, tokenizer, EXAMPLES, fact_tool, cfg, keep_kv=True, reencode=reencode,
+                             generator=torch.Generator().manual_seed(3))
+    prefix = traj.kv_prefix
+    lengths = traj.attention_mask.sum(dim=1)
+    assert torch.equal(prefix.lengths, lengths - 1), "every token but the last was fed to the cache"
+    assert len(set(lengths.tolist())) > 2 and len(set(traj.num_tool_turns.tolist())) >= 2
+    for b in range(traj.batch_size):
+        n = int(prefix.lengths[b])
+        with torch.no_grad():
+            fresh = forced(input_ids=traj.input_ids[b: b + 1, :n], use_cache=True).cache
+        for layer, kept_k, kept_v in zip(fresh.layers, prefix.keys, prefix.values):
+            torch.testing.assert_close(kept_k[b, :, :n], layer.keys[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(kept_v[b, :, :n], layer.values[0], rtol=0, atol=1e-5)
+    assert generate_rollouts(forced, tokenizer, EXAMPLES, fact_tool, cfg).kv_prefix is None
+
+
 def test_kv_continuation_equals_reencoding_under_greedy(model, tokenizer):
     """Multi-turn: observations of different lengths create holes; rows end at different turns."""
     handle = force_next_tokens(model, tokenizer, SEARCH_OR_ANSWER)

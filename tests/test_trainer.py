@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from a2tgpo_lab import preset
+from a2tgpo_lab import PRESETS, preset
 from a2tgpo_lab.trainer import A2TGPOTrainer
 
 
@@ -96,7 +96,7 @@ def test_stop_and_callbacks(tmp_path, bundled_world):
     assert (tmp_path / "a2tgpo" / "checkpoint-2").is_dir()
 
 
-@pytest.mark.parametrize("name", ["grpo", "igpo", "a2tgpo_pooled", "a2tgpo_no_rescale", "a2tgpo_fixed_clip"])
+@pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_runs_a_step(tmp_path, bundled_world, name):
     trainer = make_trainer(small_config(tmp_path, name=name), bundled_world)
     record = trainer.step()
@@ -107,8 +107,12 @@ def test_every_preset_runs_a_step(tmp_path, bundled_world, name):
         for i in range(record.batch_size):
             n = len(record.turn_texts[i])
             np.testing.assert_allclose(record.advantages[i, :n], record.outcome_norm[i], rtol=1e-5)
-    if "fixed_clip" in name or name in ("grpo", "igpo"):
+    if not trainer.cfg.adaptive_clip:
         assert np.all(record.clip_factor[np.isfinite(record.clip_factor)] == 1.0)
+    if trainer.cfg.beta > 0:
+        # the published baselines' KL term runs on the fully fine-tuned tiny model against a frozen copy
+        assert trainer.reference_model is not None and np.isfinite(record.metrics["kl"])
+        assert not any(p.requires_grad for p in trainer.reference_model.parameters())
 
 
 def test_evaluate_reports_by_hops(tmp_path, bundled_world):
@@ -170,3 +174,23 @@ def test_first_pass_ratio_is_one_with_lora_dropout(tmp_path, bundled_world):
     # one optimizer step: the only forward ran before it, with the rollout's weights, so s = 1 up to rounding
     ratios = np.concatenate([r[m] for r, m in zip(record.ratio, record.loss_mask)])
     np.testing.assert_allclose(ratios, 1.0, atol=1e-5)
+
+
+def test_default_update_clips_and_adaptive_differs_from_fixed(tmp_path, bundled_world):
+    from a2tgpo_lab import A2TGPOConfig
+
+    updates, clip_fracs = {}, {}
+    for run, name in enumerate(("a2tgpo", "a2tgpo_fixed_clip", "a2tgpo")):
+        cfg = small_config(tmp_path, name=name, output_dir=str(tmp_path / f"run{run}"),
+                           num_mini_batches=A2TGPOConfig().num_mini_batches, learning_rate=1e-5)
+        trainer = make_trainer(cfg, bundled_world)
+        before = flat_params(trainer.model).clone()
+        record = trainer.step()
+        update = flat_params(trainer.model) - before
+        clipped = np.concatenate([c[m] for c, m in zip(record.clipped, record.loss_mask)])
+        clip_fracs[name] = float((clipped != 0).mean())
+        if name in updates:       # the same preset twice: bit-identical, so a difference below is the clip's doing
+            assert torch.equal(update, updates[name])
+        updates[name] = update
+    assert clip_fracs["a2tgpo"] > 0 and clip_fracs["a2tgpo_fixed_clip"] > 0
+    assert not torch.equal(updates["a2tgpo"], updates["a2tgpo_fixed_clip"])

@@ -15,6 +15,9 @@ class QAExample:
     qtype: question family (``"founder"``, ``"birthplace"``, ``"chain2"``, ``"multi_part"`` ... or
         ``"external"`` for loaded data).
     meta: anything else (the entity chain, the source file and row ...).
+    data_source: the benchmark a loaded question comes from (``"hotpotqa"``, ``"nq"`` ...; verl-style
+        rows carry it); evaluation reports EM per data source, like the columns of the paper's
+        Table 1. Empty for the bundled task.
     """
 
     id: str
@@ -23,6 +26,7 @@ class QAExample:
     hops: int = 0
     qtype: str = "external"
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    data_source: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.question, str) or not self.question.strip():
@@ -31,3 +35,5 @@ class QAExample:
         if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
             raise ValueError(f"QAExample {self.id!r}: field 'answers' must be a non-empty list of non-empty strings.")
         object.__setattr__(self, "answers", answers)
+        if not isinstance(self.data_source, str):
+            raise ValueError(f"QAExample {self.id!r}: field 'data_source' must be a string (got {self.data_source!r}).")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from ..errors import DataError, MissingFileError
 from ..protocol import format_observation
 
 
@@ -66,16 +67,21 @@ class SearchTool:
         """Build from a JSON-lines corpus file, one ``{"id": ..., "contents": ...}`` object per line."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"Corpus file {path} does not exist.")
+            raise MissingFileError(f"Corpus file {path} does not exist.")
         rows = []
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
+        with open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"Corpus file {path}, row {line_number}: not UTF-8 text; save the file as "
+                                    "UTF-8.") from None
                 if not line.strip():
                     continue
                 try:
                     rows.append((line_number, json.loads(line)))
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"Corpus file {path}, row {line_number}: not valid JSON ({error.msg}); each "
+                    raise DataError(f"Corpus file {path}, row {line_number}: not valid JSON ({error.msg}); each "
                                      'line must be one object like {"id": "d1", "contents": "..."}.') from None
         # Validate here, where the file's line numbers are known; the rows are then clean.
         ids, contents = _checked_documents(rows, f"Corpus file {path}")
@@ -113,21 +119,21 @@ class SearchTool:
 def _checked_documents(numbered: list[tuple[int, Any]], source: str) -> tuple[list[str], list[str]]:
     """Validate (row number, row) pairs; returns (ids, contents). Errors name the source, row and field."""
     if not numbered:
-        raise ValueError(f"{source}: the corpus is empty; give at least one {{'id', 'contents'}} document.")
+        raise DataError(f"{source}: the corpus is empty; give at least one {{'id', 'contents'}} document.")
     ids, contents, seen = [], [], {}
     for row_number, row in numbered:
         where = f"{source}, row {row_number}"
         if not isinstance(row, Mapping):
-            raise ValueError(f"{where}: expected an object with 'id' and 'contents', got {type(row).__name__}.")
+            raise DataError(f"{where}: expected an object with 'id' and 'contents', got {type(row).__name__}.")
         doc_id, text = row.get("id"), row.get("contents")
         if doc_id is None or isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or str(doc_id) == "":
-            raise ValueError(f"{where}: field 'id' must be a non-empty string or integer (got {doc_id!r}).")
+            raise DataError(f"{where}: field 'id' must be a non-empty string or integer (got {doc_id!r}).")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{where}: field 'contents' must be a non-empty string (got {text!r}); FlashRAG-style "
+            raise DataError(f"{where}: field 'contents' must be a non-empty string (got {text!r}); FlashRAG-style "
                              "corpora keep the title and text together in 'contents'.")
         doc_id = str(doc_id)
         if doc_id in seen:
-            raise ValueError(f"{where}: field 'id' repeats {doc_id!r} from row {seen[doc_id]}; ids must be unique.")
+            raise DataError(f"{where}: field 'id' repeats {doc_id!r} from row {seen[doc_id]}; ids must be unique.")
         seen[doc_id] = row_number
         ids.append(doc_id)
         contents.append(" ".join(text.split()))

@@ -7,7 +7,16 @@
 Works with any trainer-like object that has ``add_callback(cb)``; it uses ``pause()``, ``resume()``,
 ``stop()`` (for the buttons), ``history`` (the metrics rows of the training curves) and ``records``
 (kept StepRecords, imported when attaching mid-run) when present. Callbacks it answers:
-``on_train_begin``, ``on_step_end(trainer, record)``, ``on_evaluate``, ``on_train_end``.
+``on_train_begin``, ``on_step_end(trainer, record)``, ``on_evaluate``, ``on_pause``, ``on_resume``,
+``on_train_end``. The status line says what the trainer is really doing: "pausing after the current
+step …" after a click, "paused after step N" once it waits, "finished step N / N" or "stopped after
+step N" at the end.
+
+In a notebook, ``train_in_background()`` must be the last thing the kernel runs while training: a
+button click reaches the kernel only when no cell is running (a cell that waits for training, e.g.
+``thread.join()``, holds the click until training ends). What needs the whole run goes into
+:meth:`Dashboard.when_finished`. Or train in the foreground with ``trainer.train()``: the dashboard
+still draws live (from its own thread), and Kernel → Interrupt saves and stops.
 
 How it keeps out of training's way: ``on_step_end`` runs on the training thread and only appends
 the record to a list (under a lock held for that append) and marks the view dirty. A separate
@@ -29,26 +38,54 @@ from typing import Any, Callable, Optional, Sequence
 
 from .advantage_figures import advantage_depth_figure
 from .clip_figures import clip_fraction_figure, clip_range_figure, ratio_figure
+from .credit_figures import credit_flow_figure, ig_misleads_figure, tool_calls_histogram_figure
 from .ig_figures import group_heatmap_figure, ig_per_rollout_figure
 from .inspector import RolloutInspector, rollout_html
-from .live import sync_figure
-from .static import StaticFallback
+from .live import figure_widget, sync_figure
+from .run_figures import (advantage_range_figure, entropy_figure, learning_curve_figure, response_length_figure,
+                          step_time_figure)
+from .static import PLOTLY_MIME, StaticFallback, figure_html
+from .style import TEMPLATE
 from .training_figures import training_curves_figure
 
 # Tabs of the selected step's views: name → pure builder (record → figure).
 RECORD_VIEWS: dict[str, Callable] = {
     "IG per rollout": ig_per_rollout_figure,
     "IG groups": group_heatmap_figure,
+    "credit flow (Fig. 4)": credit_flow_figure,
+    "where IG misleads": ig_misleads_figure,
     "advantage vs depth": advantage_depth_figure,
     "clip bands": clip_range_figure,
     "ratios": ratio_figure,
+    "tool calls (Fig. 10)": tool_calls_histogram_figure,
 }
 ROLLOUTS_TAB = "rollouts"
 MAX_GAP_S = 5.0        # the adaptive throttle never waits longer than this between redraws
+# Tabs over the whole run: name → pure builder (metrics history → figure).
 HISTORY_VIEWS: dict[str, Callable] = {
     "training curves": training_curves_figure,
+    "learning curve": learning_curve_figure,
     "clip fraction per turn": clip_fraction_figure,
+    "entropy (Fig. 3)": entropy_figure,
+    "advantage range (Fig. 5)": advantage_range_figure,
+    "step time (Fig. 7)": step_time_figure,
+    "response length (Fig. 8)": response_length_figure,
 }
+
+
+def _drawn_or_reason(build: Callable, source: Any):
+    """``build(source)``, or a figure saying why this view cannot be drawn from it (e.g. the IG views of a
+    GRPO record), so one view's limits never blank the dashboard."""
+    import plotly.graph_objects as go
+
+    try:
+        return build(source)
+    except ValueError as reason:
+        fig = go.Figure()
+        fig.add_annotation(text=html.escape(str(reason)), showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                           font=dict(color="gray"))
+        fig.update_layout(template=TEMPLATE, height=200, xaxis_visible=False, yaxis_visible=False)
+        return fig
 
 
 class Dashboard(StaticFallback):
@@ -69,7 +106,6 @@ class Dashboard(StaticFallback):
     def __init__(self, trainer: Any = None, update_interval: float = 0.5, max_records: int = 100,
                  background: bool = True, clock: Callable[[], float] = time.monotonic, max_busy: float = 0.1):
         import ipywidgets as widgets
-        import plotly.graph_objects as go
 
         if update_interval < 0 or max_records < 1 or not 0 < max_busy <= 1:
             raise ValueError(f"Dashboard: update_interval={update_interval!r} must be >= 0, max_records="
@@ -94,8 +130,10 @@ class Dashboard(StaticFallback):
         self._refresher: Optional[threading.Thread] = None
         self._stop_refresher = threading.Event()
         self._moving_slider = False
+        self._when_finished: list[Callable] = []
 
-        self.status = widgets.HTML()
+        full = widgets.Layout(width="100%")
+        self.status = widgets.HTML(layout=full)
         self.status.add_class("a2tgpo-status")
         self.pause_button = widgets.Button(description="pause", icon="pause", disabled=True)
         self.resume_button = widgets.Button(description="resume", icon="play", disabled=True)
@@ -104,22 +142,23 @@ class Dashboard(StaticFallback):
                                              continuous_update=False, layout=widgets.Layout(width="420px"))
         self.step_label = widgets.Label("no step yet")
         self.follow = widgets.Checkbox(value=True, description="follow latest", indent=False)
-        self.history_figures = {name: go.FigureWidget(build([])) for name, build in HISTORY_VIEWS.items()}
-        self.record_figures = {name: go.FigureWidget(layout=dict(template="plotly_white", height=360))
-                               for name in RECORD_VIEWS}
+        self.history_figures = {name: figure_widget(build([])) for name, build in HISTORY_VIEWS.items()}
+        self.record_figures = {name: figure_widget(height=360) for name in RECORD_VIEWS}
         self.inspector = RolloutInspector()
         self.history_tabs = widgets.Tab(children=list(self.history_figures.values()),
-                                        titles=list(self.history_figures))
+                                        titles=list(self.history_figures), layout=full)
         self.record_tabs = widgets.Tab(children=[*self.record_figures.values(), self.inspector.widget],
-                                       titles=[*self.record_figures, ROLLOUTS_TAB])
+                                       titles=[*self.record_figures, ROLLOUTS_TAB], layout=full)
+        self.results = widgets.Output(layout=full)  # what when_finished callbacks show
         self.controls = widgets.HBox([self.pause_button, self.resume_button, self.stop_button],
                                      layout=widgets.Layout(display="none"))   # shown once a trainer is attached
         self.widget = widgets.VBox([
-            self.controls, self.status,
-            self.history_tabs, widgets.HBox([self.step_slider, self.step_label, self.follow]), self.record_tabs])
-        self.pause_button.on_click(lambda _: self._control("pause", "paused (after the current step)"))
+            self.controls, self.status, self.history_tabs,
+            widgets.HBox([self.step_slider, self.step_label, self.follow]), self.record_tabs, self.results],
+            layout=full)
+        self.pause_button.on_click(lambda _: self._control("pause", "pausing after the current step …"))
         self.resume_button.on_click(lambda _: self._control("resume", "running"))
-        self.stop_button.on_click(lambda _: self._control("stop", "stopping after the current step"))
+        self.stop_button.on_click(lambda _: self._control("stop", "stopping after the current step …"))
         self.step_slider.observe(self._on_slider, names="value")
         self.follow.observe(self._on_follow, names="value")
         self.record_tabs.observe(lambda _: self._draw_selected(), names="selected_index")
@@ -150,18 +189,29 @@ class Dashboard(StaticFallback):
         trainer.add_callback(self)
         self.trainer = trainer
         self.controls.layout.display = "flex"
-        for button, method in ((self.pause_button, "pause"), (self.resume_button, "resume"),
-                               (self.stop_button, "stop")):
-            button.disabled = not callable(getattr(trainer, method, None))
+        self._enable_buttons(True)
         kept = list(getattr(trainer, "records", None) or [])
         if kept:
             with self._records_lock:
                 self.records = kept[-self.max_records:]
             self.refresh()
 
+    def when_finished(self, show: Callable[[Any], Any]) -> None:
+        """When training ends, call ``show(trainer)`` and display what it returns (a figure, HTML text, or a
+        list of them) below the dashboard. For a notebook run with Run All: the cell that starts
+        ``train_in_background()`` returns at once, so results that need the whole run go here instead of
+        in later cells (a later cell that waits for training would hold the kernel, and the buttons with it)."""
+        self._when_finished.append(show)
+
+    def _enable_buttons(self, enabled: bool) -> None:
+        for button, method in ((self.pause_button, "pause"), (self.resume_button, "resume"),
+                               (self.stop_button, "stop")):
+            button.disabled = not (enabled and callable(getattr(self.trainer, method, None)))
+
     def on_train_begin(self, trainer: Any) -> None:
         self._state = "running"
         self._dirty = True
+        self._enable_buttons(True)
         if self.background and (self._refresher is None or not self._refresher.is_alive()):
             self._stop_refresher.clear()
             self._refresher = threading.Thread(target=self._refresh_loop, name="a2tgpo-dashboard", daemon=True)
@@ -178,10 +228,46 @@ class Dashboard(StaticFallback):
     def on_evaluate(self, trainer: Any, metrics: dict) -> None:
         self._dirty = True                          # the eval metrics arrive through trainer.history
 
+    def on_pause(self, trainer: Any) -> None:
+        """The trainer finished its step and now waits: say so at once."""
+        self._state = f"paused after step {self._steps_done()}"
+        self._update_status()
+
+    def on_resume(self, trainer: Any) -> None:
+        self._state = "stopping after the current step …" if self._state.startswith("stopping") else "running"
+        self._update_status()
+
     def on_train_end(self, trainer: Any) -> None:
         self._stop_refresher.set()
-        self._state = "finished"
+        done, total = self._steps_done(), self._max_steps()
+        interrupted = getattr(trainer, "interrupted", None)
+        if interrupted:
+            self._state = f"interrupted ({interrupted}) after step {done}; saved"
+        elif total is not None and done >= total:
+            self._state = f"finished step {done} / {total}"
+        else:
+            self._state = f"stopped after step {done}" + (f" / {total}" if total else "")
+        self._enable_buttons(False)
         self.refresh()
+        self._show_results(trainer)
+
+    def _show_results(self, trainer: Any) -> None:
+        """Display the when_finished results (Output.outputs is set directly: safe from any thread)."""
+        outputs = []
+        for show in self._when_finished:
+            try:
+                shown = show(trainer)
+            except Exception as error:              # a results bug must not hide the finished run
+                shown = f"<pre>when_finished: {html.escape(f'{type(error).__name__}: {error}')}</pre>"
+            for item in shown if isinstance(shown, (list, tuple)) else [shown]:
+                if isinstance(item, str):
+                    outputs.append({"output_type": "display_data", "data": {"text/html": item}, "metadata": {}})
+                elif item is not None:
+                    fig = item
+                    outputs.append({"output_type": "display_data", "metadata": {}, "data": {
+                        PLOTLY_MIME: json_safe_figure(fig), "text/html": figure_html(fig)}})
+        if outputs:
+            self.results.outputs = tuple(outputs)
 
     def _refresh_loop(self) -> None:
         while not self._stop_refresher.wait(max(self.update_interval, 0.05) / 2):
@@ -238,7 +324,7 @@ class Dashboard(StaticFallback):
         """Draw the visible history tab (a hidden one is drawn when it is opened)."""
         with self._draw_lock:
             name = list(HISTORY_VIEWS)[self.history_tabs.selected_index or 0]
-            sync_figure(self.history_figures[name], HISTORY_VIEWS[name](self.history()))
+            sync_figure(self.history_figures[name], _drawn_or_reason(HISTORY_VIEWS[name], self.history()))
 
     def selected_record(self) -> Any:
         """The StepRecord the step slider points at (None before the first step)."""
@@ -263,7 +349,7 @@ class Dashboard(StaticFallback):
             if name == ROLLOUTS_TAB:
                 self.inspector.load_record(record)
             else:
-                sync_figure(self.record_figures[name], RECORD_VIEWS[name](record))
+                sync_figure(self.record_figures[name], _drawn_or_reason(RECORD_VIEWS[name], record))
             self._drawn[name] = id(record)
 
     def _on_slider(self, change) -> None:
@@ -279,8 +365,20 @@ class Dashboard(StaticFallback):
     # ------------------------------------------------------------------ buttons and status
     def _control(self, method: str, state: str) -> None:
         getattr(self.trainer, method)()
-        self._state = state
+        if method != "resume" or not self._state.startswith("stopping"):
+            self._state = state
         self._update_status()
+
+    def _steps_done(self) -> int:
+        """Completed steps: the trainer's counter, else one past the latest record's (0-based) step."""
+        done = getattr(self.trainer, "global_step", None)
+        if isinstance(done, int):
+            return done
+        with self._records_lock:
+            return self.records[-1].step + 1 if self.records else 0
+
+    def _max_steps(self) -> Optional[int]:
+        return getattr(getattr(self.trainer, "cfg", None), "max_steps", None)
 
     def _update_status(self) -> None:
         parts = [f"<b>{html.escape(self._state)}</b>"]
@@ -289,8 +387,8 @@ class Dashboard(StaticFallback):
             latest = self.records[-1] if self.records else None
             kept = len(self.records)
         if latest is not None:
-            max_steps = getattr(getattr(self.trainer, "cfg", None), "max_steps", None)
-            parts.append(f"step {latest.step}" + (f" / {max_steps}" if max_steps else ""))
+            total = self._max_steps()
+            parts.append(f"step {self._steps_done()}" + (f" / {total}" if total else ""))
             metrics = latest.metrics
             for key, label in (("reward", "reward"), ("num_turns/mean", "turns"),
                                ("clip_ratio/region_mean", "clipped")):
@@ -298,9 +396,10 @@ class Dashboard(StaticFallback):
                     parts.append(f"{label} {metrics[key]:.3f}")
             if latest.elapsed_s:
                 parts.append(f"{latest.elapsed_s:.2f} s/step")
-        evals = [row["eval/em"] for row in history if row.get("eval/em") is not None]
+        evals = [row for row in history if row.get("eval/em") is not None]
         if evals:
-            parts.append(f"eval/em {evals[-1]:.3f}")
+            step = evals[-1].get("step")
+            parts.append(f"eval/em {evals[-1]['eval/em']:.3f}" + (f" (at step {int(step)})" if step is not None else ""))
         parts.append(f"{kept} records kept · redrawn {self.draw_count}×")
         if self._error:
             parts.append(f"<span style='color:#b2182b'>view error: {html.escape(self._error)}</span>")
@@ -309,10 +408,11 @@ class Dashboard(StaticFallback):
     # ------------------------------------------------------------------ static fallback
     def figures(self) -> dict:
         history = self.history()
-        figures = {name: build(history) for name, build in HISTORY_VIEWS.items()}
+        figures = {name: _drawn_or_reason(build, history) for name, build in HISTORY_VIEWS.items()}
         record = self.selected_record()
         if record is not None:
-            figures.update({f"{name} (step {record.step})": build(record) for name, build in RECORD_VIEWS.items()})
+            figures.update({f"{name} (step {record.step})": _drawn_or_reason(build, record)
+                            for name, build in RECORD_VIEWS.items()})
         return figures
 
     def extra_html(self) -> str:
@@ -322,3 +422,10 @@ class Dashboard(StaticFallback):
         shown = self.inspector.rollout.value
         rollout = shown if shown is not None and shown < len(record.questions) else 0
         return f"<div>{self.status.value}</div>{rollout_html(record, rollout)}"
+
+
+def json_safe_figure(fig) -> dict:
+    """A figure as plotly JSON that Jupyter's messages can carry (NaN → null)."""
+    from .live import json_safe
+
+    return json_safe(fig.to_plotly_json())

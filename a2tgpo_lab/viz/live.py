@@ -1,14 +1,45 @@
 """Updating a ``plotly.graph_objects.FigureWidget`` in place from a freshly built (pure) figure.
 
 The views build every figure with the pure builders, then copy it into a FigureWidget that was
-created once: when the traces line up (same number and types) their properties are replaced inside
-one ``batch_update()`` — a single message to the browser, no flicker, zoom kept when the layout sets
-``uirevision`` — otherwise the traces are swapped. The layout template is set once, at creation,
-because it is large and never changes.
+created once. Three things make that reliable in a browser, also from a background thread:
+
+- **Plain JSON only.** Jupyter's message serializer refuses NaN and ±inf ("Out of range float values
+  are not JSON compliant") and the whole message is dropped, so a figure with one NaN never arrives.
+  :func:`json_safe` turns every non-finite float into ``None`` (a gap in plotly) and every array
+  into a list before anything is sent.
+- **No drift between kernel and browser.** The widget talks to the browser in edits (add traces,
+  restyle, relayout). When the traces line up (same number and types) their properties are
+  replaced inside one ``batch_update()`` — one message, no flicker, zoom kept when the layout sets
+  ``uirevision``; otherwise all traces are deleted and re-added, so a figure that started empty (or
+  lost an edit) is rebuilt whole at the next redraw.
+- **The output's full width.** The widget measures its width once, when first drawn, often while it
+  is still detached or in a hidden tab (then plotly falls back to 700 px). Every sync ends with an
+  ``autosize`` relayout, so the plot refits the width it has now.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 _KEEP = ("type", "uid", "template")
+
+
+def json_safe(value):
+    """``value`` with numpy arrays and scalars made into lists and Python numbers, and every NaN / ±inf
+    made ``None``: what Jupyter's JSON messages can carry (plotly draws ``None`` as a gap)."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):      # numpy array or scalar
+        return json_safe(value.tolist())
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def _replacement(current: dict, new: dict) -> dict:
@@ -17,16 +48,42 @@ def _replacement(current: dict, new: dict) -> dict:
     return {**stale, **{key: value for key, value in new.items() if key not in _KEEP}}
 
 
+def figure_widget(fig=None, **layout):
+    """A new FigureWidget showing ``fig`` (or nothing), its payload JSON-safe, filling the output width."""
+    import plotly.graph_objects as go
+
+    widget = go.FigureWidget(layout=dict(template=_template(fig), autosize=True, **layout))
+    if fig is not None:
+        sync_figure(widget, fig)
+    return widget
+
+
+def _template(fig):
+    """The template to create a widget with (set once: it is large and never changes)."""
+    from .style import TEMPLATE
+
+    if fig is not None and fig.layout.template is not None and fig.layout.template.to_plotly_json():
+        return fig.layout.template
+    return TEMPLATE
+
+
 def sync_figure(widget, fig) -> None:
     """Make ``widget`` (a FigureWidget) show ``fig`` (a go.Figure), changing it in place."""
-    same_traces = len(widget.data) == len(fig.data) and all(
-        old.type == new.type for old, new in zip(widget.data, fig.data))
+    traces = [json_safe(trace.to_plotly_json()) for trace in fig.data]
+    same_traces = len(widget.data) == len(traces) and all(
+        old.type == new.get("type", "scatter") for old, new in zip(widget.data, traces))
     if not same_traces:
         widget.data = []
-        widget.add_traces(list(fig.data))
+        if traces:
+            widget.add_traces(traces)
+    layout = json_safe(fig.layout.to_plotly_json())
+    layout.pop("width", None)                 # the output's width, never a fixed one
+    layout["autosize"] = True
     with widget.batch_update():
         if same_traces:
-            for old, new in zip(widget.data, fig.data):
-                old.update(_replacement(old.to_plotly_json(), new.to_plotly_json()), overwrite=True)
-        layout = fig.layout.to_plotly_json()
+            for old, new in zip(widget.data, traces):
+                old.update(_replacement(old.to_plotly_json(), new), overwrite=True)
         widget.layout.update(_replacement(widget.layout.to_plotly_json(), layout), overwrite=True)
+    # Refit the width the plot has now (see the module docstring); an edit is sent only on change.
+    widget.layout.autosize = None
+    widget.layout.autosize = True
