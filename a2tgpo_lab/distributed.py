@@ -1,7 +1,8 @@
 """Data parallelism for the package's own trainer: several processes, one global batch.
 
-Launch the same script on N processes (``accelerate launch --num_processes N ...``; on CPUs add
-``--cpu``: torch.distributed with gloo). Each step, every process
+Launch the same script on N processes with ``accelerate launch --multi_gpu --num_processes N script.py``
+(on a machine without GPUs too: accelerate then starts N CPU processes joined by gloo) or
+``torchrun --nproc_per_node N script.py``. Each step, every process
 
 1. takes a contiguous shard of the step's prompts — whole prompt groups, so the per-prompt and
    per-(prompt, turn) statistics of §3 stay local and equal those of one process on the whole batch;
@@ -32,18 +33,15 @@ T = TypeVar("T")
 class DataParallel:
     """The process group of a data-parallel run (world size 1 without a launcher).
 
-    A launcher (accelerate, torchrun) sets ``WORLD_SIZE``; the process group is then initialised
-    through accelerate's ``PartialState`` (gloo on CPU, nccl on GPUs).
+    A launcher (``accelerate launch --multi_gpu``, ``torchrun``) sets ``WORLD_SIZE`` / ``RANK`` and the
+    rendezvous address; the process group is then initialised from them (gloo on CPU, nccl on GPUs).
     """
 
     def __init__(self):
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = 0
-        if self.world_size > 1:
-            from accelerate import PartialState
-
-            state = PartialState()
-            self.world_size, self.rank = state.num_processes, state.process_index
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world_size > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
 
     @property
     def is_main(self) -> bool:
@@ -81,10 +79,13 @@ class DataParallel:
 
     def mean_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Every metric averaged over processes (NaN-aware: a process without the value is left out)."""
-        if self.world_size == 1 or not metrics:
+        if self.world_size == 1:
             return metrics
-        keys = sorted(metrics)
-        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        # The processes may log different keys (per-turn metrics exist only where a shard has that turn).
+        key_lists = [None] * self.world_size
+        torch.distributed.all_gather_object(key_lists, sorted(metrics))
+        keys = sorted(set().union(*key_lists))
+        values = torch.tensor([float(metrics.get(k, float("nan"))) for k in keys], dtype=torch.float64)
         finite = torch.isfinite(values)
         stacked = torch.stack([torch.where(finite, values, torch.zeros_like(values)), finite.double()])
         torch.distributed.all_reduce(stacked)
@@ -124,7 +125,7 @@ class DataParallelTrainer(A2TGPOTrainer):
         return self.parallel.seed(seed)
 
     def _global_units(self, units: int) -> float:
-        return units  # MUTATION
+        return self.parallel.global_sum(units)
 
     def _sync_gradients(self, params: list) -> None:
         self.parallel.all_reduce_gradients(params)

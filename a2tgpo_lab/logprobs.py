@@ -56,7 +56,8 @@ def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperatur
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
                    chunk: Optional[int] = None, return_entropy: bool = False,
                    position_ids: Optional[torch.Tensor] = None,
-                   score_mask: Optional[torch.Tensor] = None) -> TokenLogprobs:
+                   score_mask: Optional[torch.Tensor] = None,
+                   shared_prefix: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> TokenLogprobs:
     """Log-probability of every token given its prefix, aligned with ``input_ids`` (equations above).
 
     Args:
@@ -72,6 +73,9 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         score_mask: [B, L] bool, the tokens to score (e.g. the loss mask); logits are then computed
             only at the positions that predict them (module docstring). None scores every real token
             from logits computed at every position.
+        shared_prefix: ``(lengths [B], groups [B])``: rows of one group begin with the same
+            ``lengths[b]`` tokens (the G rollouts of a prompt share the prompt), so that prefix is
+            encoded once per group (:func:`_shared_prefix_forward`); tokens inside it are not scored.
 
     Returns:
         ``TokenLogprobs(logprobs [B, L] float32, entropy [B, L] float32 or None)``. Position 0, padding,
@@ -94,6 +98,14 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     # predicts[b, l]: position l's logits are needed because they score token l + 1
     predicts = torch.cat([real, torch.zeros_like(real[:, :1])], dim=1)
     next_ids = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)   # the last column is never read
+    if shared_prefix is not None:
+        lengths, groups = shared_prefix
+        predicts &= torch.arange(predicts.shape[1], device=predicts.device)[None, :] >= lengths[:, None]
+        logits = _shared_prefix_forward(model, input_ids, attention_mask, lengths, groups, predicts,
+                                        every_position=score_mask is None)
+        scored = logprobs_from_logits(logits, next_ids[predicts], temperature, return_entropy)
+        return TokenLogprobs(_scatter_shifted(scored.logprobs, predicts),
+                             _scatter_shifted(scored.entropy, predicts) if return_entropy else None)
     batch = input_ids.shape[0]
     step = batch if chunk is None else max(1, int(chunk))
     logprobs = torch.zeros(input_ids.shape, device=input_ids.device)
@@ -115,6 +127,50 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         if return_entropy:
             entropy[rows] = _scatter_shifted(scored.entropy, keep)
     return TokenLogprobs(logprobs, entropy)
+
+
+def _shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor,
+                           groups: torch.Tensor, predicts: torch.Tensor, every_position: bool) -> torch.Tensor:
+    """Logits [N, V] at the True positions of ``predicts`` (row-major), encoding each group's prefix once.
+
+    pass 1: the prefix of one row per group, right-padded to the longest, into a KV cache;
+    copy:   each row takes its group's cache row (under autograd the copy sums the rows' gradients
+            back into the one prefix, so the gradient is the same as encoding it in every row);
+    pass 2: every row's remaining tokens after the cache, at positions ``lengths[b]``, ``lengths[b] + 1`` …;
+            the prefix padding is a hole that attention masks out.
+    Exact up to floating-point rounding; ``predicts`` must not select positions inside the prefix.
+    With ``every_position`` the lm_head runs at every position of pass 2 and the needed ones are read.
+    """
+    device = input_ids.device
+    lengths, groups = lengths.to(device), groups.to(device)
+    firsts = {}
+    for b, group in enumerate(groups.tolist()):
+        firsts.setdefault(group, b)
+    leaders = torch.tensor(list(firsts.values()), device=device)                   # one row per group
+    copy_of = torch.tensor([list(firsts).index(g) for g in groups.tolist()], device=device)
+    width = int(lengths.max())
+    columns = torch.arange(width, device=device)
+    in_prefix = columns[None, :] < lengths[:, None]                                 # [B, P]
+    if width < 1 or not torch.equal(torch.where(in_prefix, input_ids[:, :width], -1),
+                                    torch.where(in_prefix[leaders], input_ids[leaders, :width], -1)[copy_of]):
+        raise ValueError("token_logprobs: shared_prefix names rows of one group whose first `lengths` tokens "
+                         "differ (or an empty prefix); pass the groups of rows that really share a prefix.")
+    prefix_mask = in_prefix[leaders].long()
+    cache = model(input_ids=input_ids[leaders, :width], attention_mask=prefix_mask,
+                  position_ids=positions_from_mask(prefix_mask), use_cache=True, logits_to_keep=1).cache
+    cache.batch_select_indices(copy_of)
+
+    real_lengths = attention_mask.sum(dim=1)
+    rest = int((real_lengths - lengths).max())
+    offsets = torch.arange(rest, device=device)
+    take = (lengths[:, None] + offsets[None, :]).clamp(max=input_ids.shape[1] - 1)  # [B, R] source columns
+    rest_mask = (lengths[:, None] + offsets[None, :] < real_lengths[:, None]).long()
+    keep = torch.gather(predicts, 1, take) & rest_mask.bool()
+    logits = model(input_ids=torch.gather(input_ids, 1, take),
+                   attention_mask=torch.cat([prefix_mask[copy_of], rest_mask], dim=1),
+                   position_ids=lengths[:, None] + offsets[None, :], cache=cache, use_cache=True,
+                   logits_to_keep=0 if every_position else keep).logits
+    return logits[keep] if every_position else logits
 
 
 def _scatter_shifted(values: torch.Tensor, predicts: torch.Tensor) -> torch.Tensor:

@@ -101,11 +101,21 @@ class _CachedBatch:
         self.retired: Optional[dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]]] = {} if keep_kv else None
 
     def start(self, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
-        """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``."""
+        """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``.
+
+        Identical chunks (the G rollouts of a prompt all start from it) are encoded once and their
+        cache rows copied."""
+        distinct: dict[tuple, int] = {}
+        copy_of = torch.tensor([distinct.setdefault(tuple(chunk), len(distinct)) for chunk in chunks])
         self.cache, self.rows = None, list(rows)
-        self.mask = torch.zeros(len(rows), 0, dtype=torch.long, device=self.device)
-        self.next_position = torch.zeros(len(rows), dtype=torch.long, device=self.device)
-        return self.feed(chunks)
+        self.mask = torch.zeros(len(distinct), 0, dtype=torch.long, device=self.device)
+        self.next_position = torch.zeros(len(distinct), dtype=torch.long, device=self.device)
+        logits = self.feed([list(chunk) for chunk in distinct])
+        if len(distinct) < len(chunks):
+            copy_of = copy_of.to(self.device)
+            self.cache.batch_select_indices(copy_of)
+            self.mask, self.next_position, logits = self.mask[copy_of], self.next_position[copy_of], logits[copy_of]
+        return logits
 
     def keep(self, rows: list[int]) -> None:
         """Drop every cache row whose rollout is not in ``rows`` (ended rollouts cost nothing more).

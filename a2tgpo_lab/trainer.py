@@ -561,7 +561,7 @@ class A2TGPOTrainer:
                                   "overwrite_output_dir=True (--overwrite_output_dir; deletes its checkpoints and logs), "
                                   "or choose another output_dir.")
             clear_run(self.output_dir)
-        for leftover in self.output_dir.glob("checkpoint-*.tmp"):
+        for leftover in [*self.output_dir.glob("checkpoint-*.tmp"), *self.output_dir.glob("checkpoint-*.old")]:
             shutil.rmtree(leftover, ignore_errors=True)
         run = {"run_id": self.run_id, "preset": self.cfg.preset_name, "seed": self.cfg.seed}
         (self.output_dir / RUN_FILE).write_text(json.dumps(run, indent=2))

@@ -31,7 +31,7 @@ EVAL_PROMPTS = 16 if SMOKE else 300                   # dev questions for the be
 # %%
 import numpy as np
 import torch
-from IPython.display import display
+from IPython.display import HTML, display
 
 import a2tgpo_lab as lab
 from a2tgpo_lab import viz
@@ -97,51 +97,71 @@ trainer = lab.A2TGPOTrainer(cfg, train_examples=train_questions, eval_examples=d
 before = trainer.evaluate()
 print(f"greedy dev exact match before RL: {before['eval/em']:.3f} on {EVAL_PROMPTS} questions")
 
+# %% [markdown]
+# The next cell shows the dashboard and starts the run **in the background**: it returns at once, so the
+# kernel stays free and the dashboard's **pause / resume / stop** buttons act after the current step, even
+# under *Run All*. What needs the finished run is handed to `dashboard.when_finished`: when training ends,
+# `report` runs and its output appears below the dashboard (the exact match before and after, the training
+# curves, and one step as a record, section 4).
+
 # %%
+import html
+
+
+def report(trainer):
+    """What the finished run shows below the dashboard: exact match before -> after, the curves, the last step."""
+    after = trainer.evaluate()
+    rows = "".join(f"<tr><td>{key}</td><td>{before[key]:.3f}</td><td>{after[key]:.3f}</td></tr>"
+                   for key in ("eval/em", "eval/em/chain2", "eval/search_calls", "eval/format_error_rate")
+                   if key in before and key in after)
+    table = (f"<b>greedy dev exact match after {trainer.global_step} steps, on {EVAL_PROMPTS} questions</b>"
+             f"<table><tr><th></th><th>before</th><th>after</th></tr>{rows}</table>")
+    return [table, viz.training_curves_figure(trainer.history), record_summary(trainer.records[-1])]
+
+
+def record_summary(record):
+    """One rollout of a step record, turn by turn: the text, p_t, IG, advantage and clip factor."""
+    i = int(np.argmax(record.num_tool_turns))          # a rollout with the most searches
+    lines = [f"step {record.step}: {record.batch_size} rollouts, {record.max_turns} turn columns",
+             f"question: {record.questions[i]} | gold: {record.answers[i][0]}"]
+    lines += [f"  turn {k}: {text}" for k, text in enumerate(record.turn_texts[i], start=1)]
+    lines += [f"probe p_t (t = 0 is the question alone): {np.round(record.p[i], 4)}",
+              f"raw IG per process turn:                {np.round(record.ig[i], 4)}",
+              f"advantage per turn:                     {np.round(record.advantages[i], 3)}",
+              f"clip factor per turn:                   {np.round(record.clip_factor[i], 4)}"]
+    return "<pre>" + html.escape("\n".join(lines)) + "</pre>"
+
+
 dashboard = viz.Dashboard(trainer)
+dashboard.when_finished(report)
 display(dashboard)
-
-# %%
-trainer.train()
-after = trainer.evaluate()
-print(f"greedy dev exact match: {before['eval/em']:.3f} before -> {after['eval/em']:.3f} after {STEPS} steps")
-for key in ("eval/em/chain2", "eval/search_calls", "eval/format_error_rate"):
-    if key in after:
-        print(f"  {key:24s} {before.get(key, float('nan')):.3f} -> {after[key]:.3f}")
+thread = trainer.train_in_background()
 
 # %% [markdown]
-# In the smoke setting (3 steps of 16 rollouts, 16 questions) nothing can be read from these numbers.
-# With `SMOKE = False` (40 steps of 64 rollouts, 300 dev questions) one run measured on a 2-core CPU
-# (about 1.5 minutes when the machine is otherwise idle) went from exact match 0.46 to 0.58; on the
-# 2-hop *chain* questions from 0.00 to 0.96, as the agent learned to make the second search instead of
-# guessing after the first (searches per question 1.17 → 1.84). Look at more than the overall number:
-# `after` holds the exact match per question type, the searches per question and the format error
-# rate. A single run is one sample: notebook 06 shows how to compare methods honestly (several seeds,
-# and the noise of an exact match on a few hundred questions).
+# **Reading the report.** In the smoke setting (3 steps of 16 rollouts, 16 questions) nothing can be read
+# from its numbers; with `SMOKE = False` (40 steps of 64 rollouts, 300 dev questions) it shows what RL
+# changed. Look at more than the overall number: the report holds the exact
+# match on the 2-hop *chain* questions, the searches per question and the format error rate. A single run is
+# one sample: notebook 06 shows how to compare methods honestly (several seeds, and the noise of an exact
+# match on a few hundred questions).
 #
-# The training curves, drawn statically (the same figure builder the dashboard uses):
-
-# %%
-show(viz.training_curves_figure(trainer.history))
-
-# %% [markdown]
 # ## 4. One step, as a record
 #
 # Every step produces one `StepRecord` (`a2tgpo_lab/records.py`): the rollouts, the probe probabilities
 # `p`, the raw and normalized information gain, the per-turn advantages, clip factors and bounds, and
-# per-token masks, ratios and clip flags. Every figure, the dashboard, the logs and the tests read it.
+# per-token masks, ratios and clip flags. Every figure, the dashboard, the logs and the tests read it; the
+# report's last part prints one rollout of the last step (`record_summary` above). While the run goes on,
+# `trainer.records` holds the latest steps and is safe to read from any cell.
+#
+# CI runs this notebook in the smoke setting, where nobody watches the dashboard: there the next cell
+# waits for the run and shows the same report in the notebook. With `SMOKE = False` it does nothing, so
+# the kernel stays free for the buttons.
 
 # %%
-record = trainer.records[-1]
-i = int(np.argmax(record.num_tool_turns))          # a rollout with the most searches
-print(f"step {record.step}: {record.batch_size} rollouts, {record.max_turns} turn columns")
-print("question:", record.questions[i], "| gold:", record.answers[i][0])
-for k, text in enumerate(record.turn_texts[i], start=1):
-    print(f"  turn {k}: {text}")
-print("probe p_t (t = 0 is the question alone):", np.round(record.p[i], 4))
-print("raw IG per tool turn:                   ", np.round(record.ig[i], 4))
-print("advantage per turn:                     ", np.round(record.advantages[i], 3))
-print("clip factor per turn:                   ", np.round(record.clip_factor[i], 4))
+if SMOKE:
+    thread.join()
+    for part in report(trainer):
+        display(HTML(part)) if isinstance(part, str) else show(part)
 
 # %% [markdown]
 # ## Where next
@@ -149,11 +169,11 @@ print("clip factor per turn:                   ", np.round(record.clip_factor[i]
 # | notebook | one idea |
 # |---|---|
 # | 01_information_gain | the probe: how likely is the gold answer after each turn, and IG = its change |
-# | 02_turn_group_normalization | z-scoring IG per (prompt, turn index) instead of pooling all turns (IGPO) |
-# | 03_variance_rescaling | the discounted sum of a turn's future terms, divided by √(number of terms) |
+# | 02_turn_group_normalization | z-scoring IG per (prompt, turn index) instead of pooling all turns |
+# | 03_variance_rescaling | the IG credit of a turn and the later ones, divided by √(number of terms), plus the outcome |
 # | 04_adaptive_clipping | a wider PPO trust region for turns that gained information, narrower for the others |
 # | 05_live_training | a run in the background with the live dashboard: pause, inspect, resume |
-# | 06_compare_and_ablate | GRPO vs IGPO vs A²TGPO and the three ablations, read honestly |
+# | 06_compare_and_ablate | GRPO vs IGPO vs A²TGPO, the ablations, and the paper vs its released code |
 # | 07_debugging | the rollout inspector and the common failure modes |
 # | 08_single_gpu | a real Hugging Face model with LoRA and 4-bit weights on one GPU |
 #

@@ -96,7 +96,7 @@ pooled, _, _, _ = lab.pooled_normalize(ig_example, one_prompt)
 print("group id [B, T]:\n", group_id.numpy())
 print("group size [B, T]:\n", group_size.numpy())
 print("Î per (prompt, turn) (expected ≈ [1.3363, 1, –], [−1.0690], [−0.2673, −1, 0]):\n", by_turn.numpy().round(4))
-print("Î pooled over all turns (IGPO):\n", pooled.numpy().round(4))
+print("Î pooled over all turns of the prompt (the ablation a2tgpo_pooled):\n", pooled.numpy().round(4))
 outcomes, searches = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([2, 1, 3])
 print("R̂ (outcomes 1, 0, 1; expected ≈ 0.7071, −1.4142, 0.7071):",
       lab.normalize_outcomes(outcomes, one_prompt).numpy().round(4))
@@ -163,8 +163,8 @@ present = np.isfinite(record.ig)
 turns_present = [t for t in range(record.ig.shape[1]) if present[:, t].any()]
 for label, values in (("raw IG", record.ig), ("pooled Î", pooled.numpy()), ("per-turn Î", per_turn.numpy())):
     means = np.array([values[present[:, t], t].mean() for t in turns_present])
-    print(f"{label:11s} per-turn mean Ā_t {np.array2string(means, precision=3, sign='+'):32s} "
-          f"ΔĀ_t = max − min = {means.max() - means.min():.2f}")
+    shown = " ".join(f"{mean:+.3f}" for mean in means.round(3) + 0.0)     # + 0.0 turns −0.000 into 0.000
+    print(f"{label:11s} per-turn mean Ā_t: {shown:24s} ΔĀ_t = max − min = {means.max() - means.min():.2f}")
 
 # %% [markdown]
 # Side by side for the prompt with the most multi-search rollouts:

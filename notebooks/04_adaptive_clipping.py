@@ -11,9 +11,10 @@
 #
 # **What you'll learn**
 #
-# - the clip factor $c = 1 + \beta\,(2\sigma(\tilde I) - 1)$ and the per-turn clip band it scales;
+# - the clip factor $c = 1 + \beta\,(2\sigma(\hat I) - 1)$ and the per-turn clip band it scales;
 # - the turn-level importance ratio (one ratio per turn, GSPO-style) and its narrow $\varepsilon$;
-# - the clip explorer: move β, ε, Ĩ and the sign of A and watch the band and the gradient;
+# - why clipping only acts with several optimizer steps per rollout batch, shown on a real batch;
+# - the clip explorer: move β, ε, Î and the sign of A and watch the band and the gradient;
 # - fixed vs adaptive clipping on the same real step, and which tokens got clipped.
 
 # %% tags=["parameters"]
@@ -42,22 +43,24 @@ def show_source(function):
 # %% [markdown]
 # ## 1. The equations
 #
-# Each tool turn $k$ of rollout $i$ gets a clip factor from its normalized IG (notebook 02), the answer turn
-# gets $c = 1$:
+# Each process turn $t$ of rollout $i$ gets a clip factor from its normalized IG (notebook 02, Eq. 11); the
+# answer turn gets $c = 1$ (as in the authors' released code):
 #
-# $$c_{i,k} = 1 + \beta\left(2\,\sigma(\tilde I_{i,k}) - 1\right) \in (1 - \beta,\; 1 + \beta), \qquad \beta = 0.3,$$
+# $$c_{i,t} = 1 + \beta\left(2\,\sigma(\hat I_{i,t}) - 1\right) \in (1 - \beta,\; 1 + \beta), \qquad \beta = 0.3,$$
 #
-# and the PPO clip band of turn $k$'s tokens becomes $[\,1 - c_{i,k}\,\varepsilon_\text{low},\; 1 + c_{i,k}\,\varepsilon_\text{high}\,]$.
-# Per token, with ratio $s$ and turn advantage $A$:
+# and the PPO clip band of turn $t$'s tokens becomes $[\,1 - c_{i,t}\,\varepsilon_\text{low},\; 1 + c_{i,t}\,\varepsilon_\text{high}\,]$.
+# $c$ is a constant of the loss: no gradient flows through it. Per token, with ratio $s$ and turn advantage
+# $\hat A$ (Eq. 12):
 #
-# $$\mathcal L = -\min\left(s A,\; \operatorname{clip}(s,\, 1 - c\,\varepsilon_\text{low},\, 1 + c\,\varepsilon_\text{high})\, A\right).$$
+# $$\mathcal L = -\min\left(s \hat A,\; \operatorname{clip}(s,\, 1 - c\,\varepsilon_\text{low},\, 1 + c\,\varepsilon_\text{high})\, \hat A\right).$$
 #
-# By default the ratio is **turn-level**: $\log s_\text{turn}$ is the mean over the turn's tokens of
-# $\log \pi_\theta - \log \pi_\text{old}$, so a whole turn is clipped or not. Such an average moves far
-# less than a single token's ratio, hence the narrow $\varepsilon_\text{low} = 3\cdot10^{-3}$,
-# $\varepsilon_\text{high} = 4\cdot10^{-3}$ (the token-level knob uses 0.2 / 0.28).
+# The ratio is **turn-level** (Eq. 10): $s_{i,t} = \exp\big(\text{mean over turn } t\text{'s tokens of } \log \pi_\theta - \log \pi_\text{old}\big)$,
+# shared by every token of the turn (the gradient still flows per token), so a whole turn is clipped or not.
+# Such an average moves far less than a single token's ratio, hence the narrow $\varepsilon_\text{low} = 3\cdot10^{-3}$,
+# $\varepsilon_\text{high} = 4\cdot10^{-3}$. The published GRPO and IGPO use the token-level ratio with
+# $\varepsilon = 0.2$ (presets `grpo`, `igpo`).
 #
-# A turn that raised the probability of the gold answer more than its siblings ($\tilde I > 0$) may move
+# A turn that raised the probability of the gold answer more than its siblings ($\hat I > 0$) may move
 # further before its gradient is cut; a turn that lowered it is held closer to the old policy.
 
 # %%
@@ -67,14 +70,22 @@ show_source(lab.adaptive_clip_factor)
 show_source(lab.clip_bounds)
 
 # %% [markdown]
-# On the worked example of ALGORITHM.md §8, rollout 1 (Ĩ = 1.3363 and 1 at its two searches, then its answer turn):
+# What the trainer calls: the factors of every turn of the batch, adaptive or fixed, with the answer turn at 1:
 
 # %%
-rollout_1 = torch.tensor([[1.3363, 1.0, float("nan")]])
-c = lab.adaptive_clip_factor(rollout_1, beta=0.3, num_tool_turns=torch.tensor([2]))
+show_source(lab.turn_clip_factors)
+
+# %% [markdown]
+# On the worked example of ALGORITHM.md §9: rollout 1 (Î = 1.3363 and 1 at its two searches, then its answer
+# turn) and rollout 3 (Î = −0.2673, −1 and 0, then its answer turn):
+
+# %%
+nan = float("nan")
+example = torch.tensor([[1.3363, 1.0, nan, nan], [-0.2673, -1.0, 0.0, nan]])
+c = lab.adaptive_clip_factor(example, beta=0.3, num_tool_turns=torch.tensor([2, 3]))
 low, high = lab.clip_bounds(c, eps_low=3e-3, eps_high=4e-3)
-print("c (expected ≈ 1.1751, 1.1386, 1.0):", c.numpy().round(4))
-print("bands:", [(round(float(a), 5), round(float(b), 5)) for a, b in zip(low[0], high[0])])
+print("c (expected ≈ [1.1751, 1.1386, 1.0], [0.9601, 0.8614, 1.0, 1.0]):\n", c.numpy().round(4))
+print("rollout 1's bands:", [(round(float(a), 5), round(float(b), 5)) for a, b in zip(low[0, :3], high[0, :3])])
 
 # %% [markdown]
 # ## 2. The clip explorer
@@ -88,29 +99,52 @@ display(viz.ClipExplorer(ig_norm=1.0, beta=0.3))
 # %% [markdown]
 # ## 3. When does clipping act at all?
 #
-# In the first pass over a batch $\pi_\theta = \pi_\text{old}$, so every ratio is 1 and no band matters.
-# Clipping acts only when a batch is reused after an update: `num_iterations > 1` (PPO epochs) or
-# `num_mini_batches > 1` (later mini-batches see a policy already moved by earlier ones). With the
-# defaults (1 and 1) every update is on-policy and the clip bands change nothing.
+# In the first pass over a batch $\pi_\theta = \pi_\text{old}$, so every ratio is exactly 1 and no band
+# matters. Clipping acts only when the rollouts are reused after an update: `num_mini_batches > 1` (later
+# mini-batches see a policy already moved by the earlier ones' optimizer steps) or `num_iterations > 1` (PPO
+# epochs). The paper takes 8 optimizer steps per rollout batch (64 prompts, PPO mini-batch 8). With a single
+# optimizer step per batch the adaptive clip, one of A²TGPO's three ideas, does nothing at all.
 #
-# ## 4. Fixed vs adaptive on the same real step
-#
-# Two trainers from the same bundled model with the same seed sample the same rollouts, score the same
-# IG and compute the same advantages; they differ only in the clip bands. With `num_iterations=2` the
-# first pass is identical in both runs (nothing is clipped at $s = 1$), so both second passes see the
-# same ratios, and any difference in what is clipped comes from the bands alone. The learning rate is
-# 3e-5, the order used for real models: one update then moves a turn's ratio by about the width of the
-# band (with this tiny model's default 3e-4 most turns overshoot both bands and both clip the same way).
+# The same real batch, updated once with one optimizer step and once with the defaults'
+# `num_mini_batches` steps (both trainers sample the same rollouts: same model, same seed):
 
 # %%
 import tempfile
 
 questions = [q for q in lab.load_split("train") if q.qtype in ("chain2", "chain3")]
 tool = lab.bundled_search_tool()
+defaults = lab.preset("a2tgpo")
+print(f"{'optimizer steps per batch':26s} {'ratio min':>10s} {'ratio max':>10s} {'tokens clipped':>15s}")
+for mini_batches in (1, defaults.num_mini_batches):
+    cfg = lab.preset("a2tgpo", num_prompts_per_step=PROMPTS, num_generations=GENERATIONS, seed=0,
+                     num_mini_batches=mini_batches, num_iterations=1,
+                     output_dir=tempfile.mkdtemp(prefix="a2tgpo_nb04_steps_"))
+    metrics = lab.A2TGPOTrainer(cfg, train_examples=questions, tool=tool).step().metrics
+    print(f"{mini_batches:26d} {metrics['ratio/min']:10.5f} {metrics['ratio/max']:10.5f} "
+          f"{metrics['clip_ratio/region_mean']:15.2%}")
+
+# %% [markdown]
+# With one optimizer step the ratio is exactly 1 everywhere and nothing is clipped, whatever β is. Watch
+# `ratio/min`, `ratio/max` and `clip_ratio/region_mean` in a run: if they are 1, 1 and 0, the clip bands
+# are not part of the method you are running.
+#
+# ## 4. Fixed vs adaptive on the same real step
+#
+# Two trainers from the same bundled model with the same seed sample the same rollouts, score the same
+# IG and compute the same advantages; they differ only in the clip bands. Here each takes one optimizer step
+# over the whole batch, twice (`num_mini_batches=1`, `num_iterations=2`): the first pass is identical in both
+# runs (nothing is clipped at $s = 1$), so both second passes see the same ratios, and any difference in what
+# is clipped comes from the bands alone. (With several mini-batches the two runs would part ways after the
+# first optimizer step, and later ratios would differ for two reasons at once.) The learning rate is
+# 3e-5, the order used for real models: one update then moves a turn's ratio by about the width of the
+# band (with this tiny model's default 3e-4 most turns overshoot both bands and both clip the same way).
+
+# %%
 records = {}
 for name in ("a2tgpo", "a2tgpo_fixed_clip"):
-    cfg = lab.preset(name, num_prompts_per_step=PROMPTS, num_generations=GENERATIONS, num_iterations=2,
-                     learning_rate=3e-5, seed=0, output_dir=tempfile.mkdtemp(prefix=f"a2tgpo_nb04_{name}_"))
+    cfg = lab.preset(name, num_prompts_per_step=PROMPTS, num_generations=GENERATIONS, num_mini_batches=1,
+                     num_iterations=2, learning_rate=3e-5, seed=0,
+                     output_dir=tempfile.mkdtemp(prefix=f"a2tgpo_nb04_{name}_"))
     records[name] = lab.A2TGPOTrainer(cfg, train_examples=questions, tool=tool).step()
 adaptive, fixed = records["a2tgpo"], records["a2tgpo_fixed_clip"]
 same_rollouts = all(np.array_equal(a, b) for a, b in zip(adaptive.input_ids, fixed.input_ids))
@@ -135,8 +169,8 @@ show(viz.ratio_figure(adaptive))
 # %% [markdown]
 # ### Where the two bands decide differently
 #
-# Every tool turn of the step as a point: its $\tilde I$ (x) and its turn ratio (y). The dashed lines are
-# the fixed band, the solid curves the adaptive one, $1 \pm c(\tilde I)\,\varepsilon$. A turn with $A > 0$ (▲) is
+# Every tool turn of the step as a point: its $\hat I$ (x) and its turn ratio (y). The dashed lines are
+# the fixed band, the solid curves the adaptive one, $1 \pm c(\hat I)\,\varepsilon$. A turn with $A > 0$ (▲) is
 # clipped when it is above the upper line, a turn with $A < 0$ (▼) when it is below the lower one; red and
 # blue mark the turns the adaptive band clipped. The two methods disagree exactly for points between a
 # dashed line and its curve: right of 0 the adaptive band is wider (a turn that gained information keeps
@@ -176,9 +210,9 @@ for sign, symbol in ((1, "triangle-up"), (-1, "triangle-down")):
         mode="markers", name=f"A {'>' if sign > 0 else '<'} 0",
         marker=dict(symbol=symbol, size=11, color=[colors[adaptive_turns[t][1]] for t in chosen],
                     line=dict(width=[3 if adaptive_turns[t][1] != fixed_turns[t][1] else 0.5 for t in chosen], color="black")),
-        customdata=[[i, k] for i, k in chosen], hovertemplate="rollout %{customdata[0]}, turn %{customdata[1]}<br>Ĩ %{x:.3f}, ratio %{y:.5f}<extra></extra>"))
+        customdata=[[i, k] for i, k in chosen], hovertemplate="rollout %{customdata[0]}, turn %{customdata[1]}<br>Î %{x:.3f}, ratio %{y:.5f}<extra></extra>"))
 spread = 4 * max(cfg["epsilon"], cfg["epsilon_high"])
-figure.update_layout(template="plotly_white", height=420, xaxis_title="normalized IG Ĩ of the turn",
+figure.update_layout(template="plotly_white", height=420, xaxis_title="normalized IG Î of the turn",
                      yaxis=dict(title="turn ratio s", range=[1 - spread, 1 + spread]),
                      title="tool turns of the step: thick outline = fixed and adaptive decide differently")
 show(figure)
@@ -186,7 +220,7 @@ show(figure)
 names = {0: "kept", 1: "clipped high", -1: "clipped low"}
 print(f"turns clipped: fixed {sum(f != 0 for _, f in fixed_turns.values())}, "
       f"adaptive {sum(f != 0 for _, f in adaptive_turns.values())}, of {len(adaptive_turns)} turns")
-print(f"{'rollout':>7} {'turn':>4} {'Ĩ':>7} {'c':>7} {'A':>7} {'ratio':>8}   {'fixed':12s} {'adaptive':12s} text")
+print(f"{'rollout':>7} {'turn':>4} {'Î':>7} {'c':>7} {'A':>7} {'ratio':>8}   {'fixed':12s} {'adaptive':12s} text")
 for (i, k), (ratio, flag) in adaptive_turns.items():
     if flag != fixed_turns[(i, k)][1]:
         print(f"{i:7d} {k:4d} {adaptive.ig_norm[i, k - 1]:+7.3f} {adaptive.clip_factor[i, k - 1]:7.4f} "
@@ -199,7 +233,7 @@ for (i, k), (ratio, flag) in adaptive_turns.items():
 # later, uninformative ones earlier.
 #
 # Load the real step into the explorer to see one turn's token ratios on the curves (pick a rollout and
-# a turn; Ĩ, the sign of A, β and ε come from the record):
+# a turn; Î, the sign of A, β and ε come from the record):
 
 # %%
 display(viz.ClipExplorer(record=adaptive))
@@ -213,6 +247,6 @@ display(viz.RolloutInspector(adaptive, rollout=clipped_rollouts[0] if clipped_ro
 
 # %% [markdown]
 # **Takeaways.** The adaptive band is a per-turn trust region: $c \in (1-\beta, 1+\beta)$, monotone in
-# $\tilde I$, never a gradient path (it is a constant of the loss). With turn-level ratios, whole turns are
+# $\hat I$, never a gradient path (it is a constant of the loss). With turn-level ratios, whole turns are
 # clipped together and $\varepsilon$ must be small. Watch `clip_ratio/*` and `turn/{k}/clip_frac` in the
 # dashboard; notebook 07 shows what a ratio blow-up looks like.

@@ -1,6 +1,8 @@
 """The command line: flags map onto config fields, bad values give a clear error, presets list."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from a2tgpo_lab.cli import _config_from_args, build_parser, main
@@ -46,3 +48,66 @@ def test_presets_command(capsys):
 def test_unknown_flag_is_rejected():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--no_such_field", "1"])
+
+
+# --------------------------------------------------------------------------- one error style
+def _bad_jsonl(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text('{"question": "who founded Velmora ?", "golden_answers": ["Tarsk"]}\n{"question": ""}\n')
+    return path
+
+
+@pytest.mark.parametrize("case", ["setting", "config_file", "data", "model", "resume", "disk"])
+def test_expected_errors_print_one_message_and_exit_2(case, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import a2tgpo_lab.cli as cli
+
+    run = ["--output_dir", str(tmp_path / "run"), "--skip_eval"]
+    argv, named = {
+        "setting": (["train", "--temperature", "nan"], "temperature"),
+        "config_file": (["train", "--config", str(tmp_path / "run.yaml")], "run.yaml, line 2"),
+        "data": (["train", "--dataset", str(_bad_jsonl(tmp_path)), *run], "questions.jsonl, row 2"),
+        "model": (["eval", "--model_name_or_path", str(tmp_path)], "holds no model"),
+        "resume": (["train", "--resume_from_checkpoint", "latest", *run], "No checkpoint-<step> directory"),
+        "disk": (["train", *run], "No space left on device"),
+    }[case]
+    (tmp_path / "run.yaml").write_text("max_steps: 3\nseed: 1 : 2\n")
+    if case == "disk":
+        def no_space(args):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "metrics.jsonl"))
+        monkeypatch.setattr(cli, "cmd_train", no_space)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("a2tgpo-lab: error: ")]
+    assert len(errors) == 1 and named in errors[0]
+
+
+@pytest.mark.parametrize("argv", [["--debug", "train", "--temperature", "nan"], ["train", "--temperature", "nan",
+                                                                               "--debug"]])
+def test_debug_shows_the_traceback(argv, capsys):
+    assert main(argv) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch):
+    import a2tgpo_lab.cli as cli
+
+    def bug(args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(cli, "cmd_train", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train"])
+
+
+def test_resume_without_preset_continues_with_the_checkpoints_config(tmp_path):
+    from a2tgpo_lab import preset
+
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    saved = preset("grpo", seed=7, max_steps=4, learning_rate=1e-4, output_dir=str(tmp_path / "run"))
+    (checkpoint / "config.json").write_text(json.dumps(saved.to_dict()))
+    cfg = parse("train", "--resume_from_checkpoint", str(checkpoint), "--max_steps", "8")
+    assert (cfg.preset_name, cfg.seed, cfg.learning_rate, cfg.max_steps) == ("grpo", 7, 1e-4, 8)
+    assert cfg.advantage_estimator == "grpo" and cfg.resume_from_checkpoint == str(checkpoint)

@@ -135,3 +135,46 @@ def test_token_budget_batches_cover_every_row_within_the_budget(lengths, budget)
     # sorted by length: no batch holds a row longer than one of an earlier batch
     tops = [int(lengths[b].max()) for b in batches]
     assert tops == sorted(tops, reverse=True)
+
+
+def grouped_rows(vocab: int, seed=0):
+    """Two groups of rows sharing a prefix (4 and 6 tokens), different continuations, right-padded."""
+    generator = torch.Generator().manual_seed(seed)
+    prefixes = [torch.randint(5, vocab, (n,), generator=generator) for n in (4, 6)]
+    rows, lengths, groups = [], [], []
+    for group, extra in ((0, 3), (0, 5), (1, 2), (0, 4), (1, 6)):
+        tail = torch.randint(5, vocab, (extra,), generator=generator)
+        rows.append(torch.cat([prefixes[group], tail]))
+        lengths.append(len(prefixes[group]))
+        groups.append(group)
+    ids, mask = pad(rows, "right")
+    return ids, mask, torch.tensor(lengths), torch.tensor(groups)
+
+
+@pytest.mark.parametrize("scored_only", [True, False])
+def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only):
+    """Encoding each group's prefix once (its KV copied to the group's rows) changes neither the scores
+    of the tokens after it nor the gradient."""
+    ids, mask, lengths, groups = grouped_rows(model.config.vocab_size)
+    after = (torch.arange(ids.shape[1])[None, :] >= lengths[:, None]) & mask.bool()
+    score = after if scored_only else None
+    results = {}
+    for name, shared in (("plain", None), ("shared", (lengths, groups))):
+        model.zero_grad(set_to_none=True)
+        out = token_logprobs(model, ids, mask, temperature=0.7, return_entropy=True, score_mask=score,
+                             shared_prefix=shared)
+        (out.logprobs * after).sum().backward()
+        results[name] = (out, torch.cat([p.grad.flatten() for p in model.parameters()]))
+    model.zero_grad(set_to_none=True)
+    (plain, plain_grad), (shared, shared_grad) = results["plain"], results["shared"]
+    torch.testing.assert_close(shared.logprobs[after], plain.logprobs[after], rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared.entropy[after], plain.entropy[after], rtol=0, atol=1e-5)
+    assert (shared.logprobs[~after] == 0).all()
+    torch.testing.assert_close(shared_grad, plain_grad, rtol=1e-4, atol=1e-5)
+    assert plain_grad.abs().max() > 1e-3
+
+
+def test_shared_prefix_that_differs_is_a_clear_error(model):
+    ids, mask, lengths, groups = grouped_rows(model.config.vocab_size)
+    with pytest.raises(ValueError, match="shared_prefix"):
+        token_logprobs(model, ids, mask, shared_prefix=(lengths, torch.zeros_like(groups)))

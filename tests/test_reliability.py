@@ -115,7 +115,8 @@ def test_interrupt_at_any_point_of_a_step_resumes_exactly(point, signum, world, 
     elif point == "optimizer_step":
         monkeypatch.setattr(trainer.optimizer, "step", at_step_one(trainer.optimizer.step))
     elif point == "scheduler_step":
-        monkeypatch.setattr(trainer.scheduler, "step", at_step_one(trainer.scheduler.step))
+        scheduler_class = type(trainer.scheduler)  # (an instance attribute would end up in its state_dict)
+        monkeypatch.setattr(scheduler_class, "step", at_step_one(scheduler_class.step))
     else:
         monkeypatch.setattr(A2TGPOTrainer, "_make_record", at_step_one(A2TGPOTrainer._make_record))
     trainer.train()
@@ -408,3 +409,66 @@ def test_bitsandbytes_kernels_line_is_silenced(caplog):
         logger.warning("an unrelated bitsandbytes warning")
     messages = [record.getMessage() for record in caplog.records]
     assert messages == ["an unrelated bitsandbytes warning"]
+
+
+# --------------------------------------------------------------------------- settings
+def _fields_of_type(*kinds):
+    import dataclasses
+    import typing
+
+    from a2tgpo_lab.config import A2TGPOConfig
+
+    hints = typing.get_type_hints(A2TGPOConfig)
+    found = []
+    for f in dataclasses.fields(A2TGPOConfig):
+        hint = hints[f.name]
+        base = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) else [hint]
+        if len(base) == 1 and base[0] in kinds:
+            found.append(f.name)
+    return found
+
+
+@pytest.mark.parametrize("name", _fields_of_type(float))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_are_rejected_in_every_float_field(name, value):
+    from a2tgpo_lab.config import A2TGPOConfig, ConfigError
+
+    with pytest.raises(ConfigError, match=f"A2TGPOConfig.{name}=.*finite number"):
+        A2TGPOConfig(**{name: value})
+
+
+@pytest.mark.parametrize("name", _fields_of_type(int, float, bool))
+def test_strings_are_rejected_in_numeric_and_bool_fields(name):
+    from a2tgpo_lab.config import A2TGPOConfig, ConfigError
+
+    with pytest.raises(ConfigError, match=f"A2TGPOConfig.{name}='no' \\(str\\) must be .*without quotes"):
+        A2TGPOConfig(**{name: "no"})
+
+
+def test_yaml_scientific_notation_is_a_number_and_quoted_values_are_refused(tmp_path):
+    from a2tgpo_lab.config import A2TGPOConfig, ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 1e-4\nweight_decay: 1E2\nmax_grad_norm: -2.5e+0\nuse_peft: no\n")
+    with pytest.raises(ConfigError, match="max_grad_norm"):
+        A2TGPOConfig.from_file(path)  # read as numbers: now the range check speaks
+    path.write_text("learning_rate: 1e-4\nweight_decay: 1E2\nuse_peft: no\n")
+    cfg = A2TGPOConfig.from_file(path)
+    assert (cfg.learning_rate, cfg.weight_decay, cfg.use_peft) == (1e-4, 100.0, False)
+    path.write_text('use_peft: "no"\n')
+    with pytest.raises(ConfigError, match="use_peft='no'.*true or false"):
+        A2TGPOConfig.from_file(path)
+
+
+@pytest.mark.parametrize("suffix, text, where", [
+    (".yaml", "max_steps: 3\nlearning_rate: [1e-4\n", "line 3"),
+    (".json", '{"max_steps": 3,\n "seed": }', "line 2"),
+    (".yaml", b"seed: 1\nsystem_prompt: \xff\xfe\n", "not UTF-8"),
+])
+def test_malformed_config_files_name_the_file_and_line(tmp_path, suffix, text, where):
+    from a2tgpo_lab.config import A2TGPOConfig, ConfigError
+
+    path = tmp_path / f"run{suffix}"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=f"{path}.*{where}|{path} is {where}"):
+        A2TGPOConfig.from_file(path)

@@ -16,7 +16,7 @@ from a2tgpo_lab.chat import encode, observation_ids, observation_template, probe
 from a2tgpo_lab.config import A2TGPOConfig
 from a2tgpo_lab.envs.qa import QAExample
 from a2tgpo_lab.logprobs import token_logprobs
-from a2tgpo_lab.protocol import SYSTEM_PROMPT, format_answer, format_observation
+from a2tgpo_lab.protocol import SYSTEM_PROMPT, format_answer, format_observation, get_protocol
 from a2tgpo_lab.rewards import outcome_reward
 from a2tgpo_lab.rollout import generate_rollouts, sample_next_tokens, stop_token_ids
 from a2tgpo_lab.tiny import IM_END, build_tiny_qwen, build_word_tokenizer
@@ -153,7 +153,9 @@ def check_structure(traj, tokenizer, cfg, examples, tool=fact_tool):
         for k in range(1, K + 1):
             end = int(traj.context_ends[b, k])
             turn_end = int((turns == k).nonzero().max()) + 1
-            body = encode(tokenizer, tool(traj.actions[b][k - 1].content))[: cfg.max_observation_tokens]
+            protocol = get_protocol(cfg.protocol)
+            body = protocol.truncate_observation(protocol.observation(tool(traj.actions[b][k - 1].content)),
+                                                 cfg.max_observation_tokens, lambda part: encode(tokenizer, part))
             closed = ids[turn_end - 1].item() == template.close_ids[0]
             between = template.between_turns(body, turn_closed=closed)
             assert ids[turn_end:end].tolist() == between

@@ -177,20 +177,19 @@ def test_first_pass_ratio_is_one_with_lora_dropout(tmp_path, bundled_world):
 
 
 def test_default_update_clips_and_adaptive_differs_from_fixed(tmp_path, bundled_world):
-    from a2tgpo_lab import A2TGPOConfig
-
+    """One quickstart-sized step (8 prompts × 8 rollouts, every default): tokens are clipped, and the adaptive
+    band changes the update. Its effect is small by nature: it moves the band edge by β·ε·tanh(Î/2) ≈ 3e-4,
+    so only the few turns whose ratio lands that close to the edge are clipped by one band and not the other."""
     updates, clip_fracs = {}, {}
-    for run, name in enumerate(("a2tgpo", "a2tgpo_fixed_clip", "a2tgpo")):
-        cfg = small_config(tmp_path, name=name, output_dir=str(tmp_path / f"run{run}"),
-                           num_mini_batches=A2TGPOConfig().num_mini_batches, learning_rate=1e-5)
+    for name in ("a2tgpo", "a2tgpo_fixed_clip"):
+        cfg = preset(name, output_dir=str(tmp_path / name), eval_steps=100, save_steps=100)
         trainer = make_trainer(cfg, bundled_world)
         before = flat_params(trainer.model).clone()
         record = trainer.step()
-        update = flat_params(trainer.model) - before
+        updates[name] = flat_params(trainer.model) - before
         clipped = np.concatenate([c[m] for c, m in zip(record.clipped, record.loss_mask)])
         clip_fracs[name] = float((clipped != 0).mean())
-        if name in updates:       # the same preset twice: bit-identical, so a difference below is the clip's doing
-            assert torch.equal(update, updates[name])
-        updates[name] = update
     assert clip_fracs["a2tgpo"] > 0 and clip_fracs["a2tgpo_fixed_clip"] > 0
+    # Same rollouts and advantages (CPU steps are bit-reproducible: see test_resume_equals_uninterrupted), so
+    # any difference in the update is the clip band's.
     assert not torch.equal(updates["a2tgpo"], updates["a2tgpo_fixed_clip"])

@@ -111,6 +111,7 @@ class World:
     city of the company's founder).
     documents: the corpus, ``{"id", "contents"}`` dicts in corpus order.
     fact_doc: ``"subject|relation"`` → id of the document stating that fact.
+    namesake_doc: company name → id of the birth document of the person who shares that name.
     split_companies: split name → the companies whose (company, founder) pair it asks about.
     questions: split name → its questions.
     """
@@ -127,6 +128,7 @@ class World:
     fact_doc: dict[str, str]
     split_companies: dict[str, list[str]]
     namesake_birthplace: dict[str, str] = field(default_factory=dict)
+    namesake_doc: dict[str, str] = field(default_factory=dict)
     questions: dict[str, list[QAExample]] = field(default_factory=dict)
 
     def knowledge_base(self) -> dict:
@@ -134,7 +136,7 @@ class World:
         return {"seed": self.seed, "countries": self.countries, "cities": self.cities, "people": self.people,
                 "companies": self.companies, "founder": self.founder, "birthplace": self.birthplace,
                 "country_of": self.country_of, "namesake_birthplace": self.namesake_birthplace,
-                "fact_doc": self.fact_doc, "split_companies": self.split_companies}
+                "fact_doc": self.fact_doc, "namesake_doc": self.namesake_doc, "split_companies": self.split_companies}
 
 
 class _NameMaker:
@@ -217,10 +219,14 @@ def generate_world(seed: int = 0, n_companies: int = 1000, n_people: int = 1000,
     namesake_birthplace = _namesakes(rng, split_companies, founder, birthplace, cities)
     documents, fact_doc = _corpus(rng, founder, birthplace, country_of, people, companies, cities, countries,
                                   namesake_birthplace)
+    namesake_doc = {key.split("|")[0]: fact_doc.pop(key) for key in sorted(fact_doc) if key.endswith(_NAMESAKE_KEY)}
     world = World(seed, countries, cities, people, companies, founder, birthplace, country_of, documents,
-                  fact_doc, split_companies, namesake_birthplace)
+                  fact_doc, split_companies, namesake_birthplace, namesake_doc)
     world.questions = {split: _questions(world, split, rng) for split in SPLITS}
     return world
+
+
+_NAMESAKE_KEY = "namesake_born_in"
 
 
 def _namesakes(rng, split_companies, founder, birthplace, cities) -> dict[str, str]:
@@ -235,8 +241,8 @@ def _namesakes(rng, split_companies, founder, birthplace, cities) -> dict[str, s
 def _corpus(rng, founder, birthplace, country_of, people, companies, cities, countries, namesake_birthplace):
     """One document per fact plus distractors, shuffled; returns (documents, fact_doc).
 
-    A namesake's birth fact is a document like any other, but its key is ``"C|namesake_born_in"``
-    (the person shares the company's key ``C``)."""
+    A namesake's birth fact is a document like any other, keyed ``"C|namesake_born_in"`` here (the
+    person shares the company's key ``C``); ``generate_world`` moves those keys to ``namesake_doc``."""
     facts = ([("founded_by", c, p) for c, p in founder.items()] + [("born_in", p, x) for p, x in birthplace.items()]
              + [("in_country", x, k) for x, k in country_of.items()])
     distractors = (
@@ -245,7 +251,7 @@ def _corpus(rng, founder, birthplace, country_of, people, companies, cities, cou
         + [("visited", p, _other(rng, cities, birthplace[p])) for p in people]
         + [("far_from", x, _other(rng, countries, k)) for x, k in country_of.items()])
     rows = [(FACT_TEMPLATES[rel].format(s, o), f"{s}|{rel}") for rel, s, o in facts]
-    rows += [(FACT_TEMPLATES["born_in"].format(c, x), f"{c}|namesake_born_in") for c, x in namesake_birthplace.items()]
+    rows += [(FACT_TEMPLATES["born_in"].format(c, x), f"{c}|{_NAMESAKE_KEY}") for c, x in namesake_birthplace.items()]
     rows += [(DISTRACTOR_TEMPLATES[rel].format(s, o), None) for rel, s, o in distractors]
     rng.shuffle(rows)
     documents, fact_doc = [], {}
@@ -355,7 +361,7 @@ def _ask(world: World, qtype: str, asked: list[str], steps: list) -> QAExample:
     if qtype == "namesake":
         company = asked[0]
         meta.update(trap_query=QUERY_TEMPLATES["born_in"].format(company),
-                    trap_fact=world.fact_doc[f"{company}|namesake_born_in"],
+                    trap_fact=world.namesake_doc[company],
                     trap_answer=world.namesake_birthplace[company])
     return QAExample("", question, answers, hops=len(triples), qtype=qtype, meta=meta)
 

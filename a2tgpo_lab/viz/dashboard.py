@@ -126,7 +126,7 @@ class Dashboard(StaticFallback):
         self._state = "waiting for training to start"
         self._error = ""
         self._selected_step: Optional[int] = None
-        self._drawn: dict[str, int] = {}           # tab → id() of the record it currently shows
+        self._drawn: Optional[tuple[str, int]] = None   # (record tab, id() of the record) the record area shows
         self._refresher: Optional[threading.Thread] = None
         self._stop_refresher = threading.Event()
         self._moving_slider = False
@@ -142,20 +142,24 @@ class Dashboard(StaticFallback):
                                              continuous_update=False, layout=widgets.Layout(width="420px"))
         self.step_label = widgets.Label("no step yet")
         self.follow = widgets.Checkbox(value=True, description="follow latest", indent=False)
-        self.history_figures = {name: figure_widget(build([])) for name, build in HISTORY_VIEWS.items()}
-        self.record_figures = {name: figure_widget(height=360) for name in RECORD_VIEWS}
+        # One FigureWidget per area, the tabs choose what it draws: each FigureWidget carries plotly's
+        # whole browser bundle (~5 MB) to the page, so a widget per tab would make the page slow to open.
+        self.history_figure = figure_widget(training_curves_figure([]))
+        self.record_figure = figure_widget(height=360)
+        self._record_figure_box = widgets.VBox([self.record_figure], layout=widgets.Layout(width="100%"))
         self.inspector = RolloutInspector()
-        self.history_tabs = widgets.Tab(children=list(self.history_figures.values()),
-                                        titles=list(self.history_figures), layout=full)
-        self.record_tabs = widgets.Tab(children=[*self.record_figures.values(), self.inspector.widget],
-                                       titles=[*self.record_figures, ROLLOUTS_TAB], layout=full)
+        self.inspector.widget.layout.display = "none"
+        self.history_tabs = widgets.Tab(children=[widgets.Box() for _ in HISTORY_VIEWS], titles=list(HISTORY_VIEWS),
+                                        layout=full)
+        self.record_tabs = widgets.Tab(children=[widgets.Box() for _ in [*RECORD_VIEWS, ROLLOUTS_TAB]],
+                                       titles=[*RECORD_VIEWS, ROLLOUTS_TAB], layout=full)
         self.results = widgets.Output(layout=full)  # what when_finished callbacks show
         self.controls = widgets.HBox([self.pause_button, self.resume_button, self.stop_button],
                                      layout=widgets.Layout(display="none"))   # shown once a trainer is attached
         self.widget = widgets.VBox([
-            self.controls, self.status, self.history_tabs,
-            widgets.HBox([self.step_slider, self.step_label, self.follow]), self.record_tabs, self.results],
-            layout=full)
+            self.controls, self.status, self.history_tabs, self.history_figure,
+            widgets.HBox([self.step_slider, self.step_label, self.follow]), self.record_tabs, self._record_figure_box,
+            self.inspector.widget, self.results], layout=full)
         self.pause_button.on_click(lambda _: self._control("pause", "pausing after the current step …"))
         self.resume_button.on_click(lambda _: self._control("resume", "running"))
         self.stop_button.on_click(lambda _: self._control("stop", "stopping after the current step …"))
@@ -321,10 +325,10 @@ class Dashboard(StaticFallback):
             self._last_draw_seconds = self._clock() - self._last_draw
 
     def _draw_history(self) -> None:
-        """Draw the visible history tab (a hidden one is drawn when it is opened)."""
+        """Draw the selected history tab."""
         with self._draw_lock:
             name = list(HISTORY_VIEWS)[self.history_tabs.selected_index or 0]
-            sync_figure(self.history_figures[name], _drawn_or_reason(HISTORY_VIEWS[name], self.history()))
+            sync_figure(self.history_figure, _drawn_or_reason(HISTORY_VIEWS[name], self.history()))
 
     def selected_record(self) -> Any:
         """The StepRecord the step slider points at (None before the first step)."""
@@ -333,24 +337,30 @@ class Dashboard(StaticFallback):
                 return None
             return self.records[min(self.step_slider.value, len(self.records) - 1)]
 
+    def selected_record_view(self) -> str:
+        """The name of the selected record tab."""
+        return [*RECORD_VIEWS, ROLLOUTS_TAB][self.record_tabs.selected_index or 0]
+
     def _draw_selected(self) -> None:
-        """Draw the visible record tab for the selected record, unless it already shows it."""
+        """Draw the selected record tab for the selected record, unless it already shows it."""
         record = self.selected_record()
         if record is None:
             return
         with self._draw_lock:
             self._selected_step = record.step
-            names = [*self.record_figures, ROLLOUTS_TAB]
-            name = names[self.record_tabs.selected_index or 0]
+            name = self.selected_record_view()
             self.step_label.value = (f"step {record.step}  ({self.step_slider.value + 1} of "
                                      f"{self.step_slider.max + 1} kept)")
-            if self._drawn.get(name) == id(record):
+            if self._drawn == (name, id(record)):
                 return
-            if name == ROLLOUTS_TAB:
+            rollouts = name == ROLLOUTS_TAB
+            self.inspector.widget.layout.display = "flex" if rollouts else "none"
+            self._record_figure_box.layout.display = "none" if rollouts else "flex"
+            if rollouts:
                 self.inspector.load_record(record)
             else:
-                sync_figure(self.record_figures[name], _drawn_or_reason(RECORD_VIEWS[name], record))
-            self._drawn[name] = id(record)
+                sync_figure(self.record_figure, _drawn_or_reason(RECORD_VIEWS[name], record))
+            self._drawn = (name, id(record))
 
     def _on_slider(self, change) -> None:
         if self._moving_slider:

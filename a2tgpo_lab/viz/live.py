@@ -10,14 +10,19 @@ created once. Three things make that reliable in a browser, also from a backgrou
 - **No drift between kernel and browser.** The widget talks to the browser in edits (add traces,
   restyle, relayout). When the traces line up (same number and types) their properties are
   replaced inside one ``batch_update()`` — one message, no flicker, zoom kept when the layout sets
-  ``uirevision``; otherwise all traces are deleted and re-added, so a figure that started empty (or
-  lost an edit) is rebuilt whole at the next redraw.
+  ``uirevision``; otherwise all traces are deleted and re-added. But the browser applies an edit
+  only once the widget's JavaScript (plotly's ~5 MB bundle) has loaded: edits sent before that are
+  lost, and a plot drawn later would start from the state the widget had when it was created —
+  empty, for good. So every sync also sends the whole current state (``_widget_data`` /
+  ``_widget_layout``, what plotly itself sends when a FigureWidget is displayed): a plot drawn at any
+  time starts from the latest figure, and later edits apply on top of it.
 - **The output's full width.** The widget measures its width once, when first drawn, often while it
   is still detached or in a hidden tab (then plotly falls back to 700 px). Every sync ends with an
   ``autosize`` relayout, so the plot refits the width it has now.
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 
@@ -87,3 +92,6 @@ def sync_figure(widget, fig) -> None:
     # Refit the width the plot has now (see the module docstring); an edit is sent only on change.
     widget.layout.autosize = None
     widget.layout.autosize = True
+    # The whole state, for a plot drawn after the edits were sent (see the module docstring).
+    widget._widget_data = copy.deepcopy(widget._data)
+    widget._widget_layout = copy.deepcopy(widget._layout_obj._props)
