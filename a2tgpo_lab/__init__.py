@@ -17,7 +17,7 @@ _LAZY = {
     # the algorithm (ALGORITHM.md §1-§6)
     "information_gain": "info_gain",
     "normalize_outcomes": "advantages", "turn_group_normalize": "advantages", "pooled_normalize": "advantages",
-    "joint_normalize": "advantages", "add_outcome": "advantages", "discounted_returns": "advantages",
+    "group_zscore": "advantages", "joint_normalize": "advantages", "add_outcome": "advantages", "discounted_returns": "advantages",
     "share_first_turn": "advantages",
     "reward_terms": "advantages", "accumulate": "advantages", "compute_advantages": "advantages",
     "broadcast_to_tokens": "advantages", "ADVANTAGE_ESTIMATORS": "advantages",

@@ -7,7 +7,7 @@ IG) and the answer (terminal) turn T_i. Read top to bottom:
 2. ``turn_group_normalize``  Î_{i,t}: IG z-scored inside its (prompt, turn index) group (Eq. 6-7).
    ``pooled_normalize``      Î_{i,t}: IG z-scored over every turn of the prompt's rollouts (ablation).
    ``joint_normalize``       IGPO (Eq. 4): IG and outcome z-scored together, one group per prompt.
-   Every z-score is (x − μ) / (√(v + var_eps) + eps), population variance v.
+   Every z-score is ``group_zscore``: (x − μ) / (√(v + var_eps) + eps), population variance v.
 3. ``accumulate``            D_{i,t} = Σ_{k=t}^{T_i−1} γ^{k−t} Î_{i,k} and D_{i,t} / √n_{i,t}, n = T_i − t (Eq. 8).
 4. ``add_outcome``           Â_{i,t} = α·D_{i,t}/√n_{i,t} + R̂_i on process turns, Â_{i,T_i} = R̂_i (Eq. 9).
    ``reward_terms`` + ``discounted_returns``: IGPO's Ã_{i,t} = Σ_{k=t}^{T_i} γ^{k−t} r̂_{i,k}, the
@@ -51,8 +51,9 @@ def _check_per_turn(values: torch.Tensor, batch: int, name: str) -> None:
 # ----------------------------------------------------------------------------- group z-score
 
 
-def _group_zscore(values: torch.Tensor, group: torch.Tensor, min_group_size: int, std_floor: float,
-                  center_only: bool, eps: float, var_eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, float]:
+def group_zscore(values: torch.Tensor, group: torch.Tensor, min_group_size: int = 2, std_floor: float = 0.0,
+                 center_only: bool = False, eps: float = 1e-6,
+                 var_eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, float]:
     """z = (x − μ_g) / (√(v_g + var_eps) + eps) inside each group g, population variance v_g.
 
     values, group: [N] (group ≥ 0 marks a member, −1 an entry outside every group).
@@ -108,7 +109,7 @@ def normalize_outcomes(outcome: torch.Tensor, prompt_index: torch.Tensor, eps: f
     """
     batch = _check_batch(prompt_index)
     values = _check_outcome(outcome, batch)
-    normalized, _, _ = _group_zscore(values, prompt_index.long().to(values.device), min_group_size=2, std_floor=0.0,
+    normalized, _, _ = group_zscore(values, prompt_index.long().to(values.device), min_group_size=2, std_floor=0.0,
                                      center_only=False, eps=eps, var_eps=var_eps)
     return normalized
 
@@ -143,7 +144,7 @@ def turn_group_normalize(ig: torch.Tensor, prompt_index: torch.Tensor, min_group
     turn_column = torch.arange(width, device=ig.device)
     group_id = prompt_index.long().to(ig.device)[:, None] * width + turn_column[None, :]
     group_id = torch.where(torch.isfinite(ig), group_id, torch.full_like(group_id, -1))
-    z, size, zero_std_frac = _group_zscore(ig.flatten(), group_id.flatten(), min_group_size, std_floor,
+    z, size, zero_std_frac = group_zscore(ig.flatten(), group_id.flatten(), min_group_size, std_floor,
                                            center_only, eps, var_eps)
     return z.view_as(ig), group_id, size.view_as(ig), zero_std_frac
 
@@ -162,7 +163,7 @@ def pooled_normalize(ig: torch.Tensor, prompt_index: torch.Tensor, min_group_siz
     _check_per_turn(ig, batch, "ig")
     group_id = prompt_index.long().to(ig.device)[:, None].expand_as(ig)
     group_id = torch.where(torch.isfinite(ig), group_id, torch.full_like(group_id, -1))
-    z, size, zero_std_frac = _group_zscore(ig.flatten(), group_id.flatten(), min_group_size, std_floor,
+    z, size, zero_std_frac = group_zscore(ig.flatten(), group_id.flatten(), min_group_size, std_floor,
                                            center_only, eps, var_eps)
     return z.view_as(ig), group_id, size.view_as(ig), zero_std_frac
 
@@ -191,7 +192,7 @@ def joint_normalize(ig: torch.Tensor, outcome: torch.Tensor, prompt_index: torch
     values = _check_outcome(outcome.to(ig.device), batch).to(ig.dtype)
     prompt = prompt_index.long().to(ig.device)
     ig_group = torch.where(torch.isfinite(ig), prompt[:, None].expand_as(ig), torch.full_like(ig, -1, dtype=torch.long))
-    z, size, zero_std_frac = _group_zscore(torch.cat([ig.flatten(), values]), torch.cat([ig_group.flatten(), prompt]),
+    z, size, zero_std_frac = group_zscore(torch.cat([ig.flatten(), values]), torch.cat([ig_group.flatten(), prompt]),
                                            min_group_size, std_floor, center_only, eps, var_eps)
     n_ig = ig.numel()
     return z[:n_ig].view_as(ig), z[n_ig:], ig_group, size[:n_ig].view_as(ig), zero_std_frac

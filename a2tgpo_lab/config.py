@@ -139,8 +139,8 @@ class A2TGPOConfig:
     max_new_tokens_per_turn: token cap of one assistant turn (default 32).
     max_completion_length: cap on all tokens after the prompt, observations included (default 384).
     max_prompt_length: cap on the tokens of one prompt (system prompt + question, chat template
-        included; TRL's name; default 512). Questions over it are dropped with a warning naming them;
-        prompt + completion must fit the model's positions.
+        included; TRL's name; default 512). Questions over it are dropped with a warning naming the
+        first; a warning also says when prompt + completion budgets exceed the model's positions.
     temperature, top_p: sampling; the IG probe divides logits by the same temperature.
     retrieval_topk: passages per search (default 2).
     max_observation_tokens: observations are truncated to this many tokens (default 64).
@@ -163,6 +163,9 @@ class A2TGPOConfig:
         ``.gguf`` file loads that file (models.py).
     gguf_file: file name of a GGUF model inside the ``model_name_or_path`` directory (default None).
     dataset: ``"bundled"`` or a path to a Search-R1/FlashRAG-style jsonl/parquet question file.
+    eval_dataset: a question file to evaluate on (e.g. the verl ``test.parquet`` of the paper's seven
+        benchmarks; EM is reported per ``data_source``). Default None: with a ``dataset`` file, its
+        first 10% are held out for evaluation; with an ``eval_dataset``, the whole ``dataset`` trains.
     corpus: ``"bundled"`` or a path to a jsonl corpus with ``id`` / ``contents``.
     num_prompts_per_step: prompts per step; the step's batch is this × ``num_generations``.
     max_steps, learning_rate, lr_scheduler_type, warmup_ratio, weight_decay, max_grad_norm. The
@@ -191,6 +194,9 @@ class A2TGPOConfig:
         encoding them again (default True; False = the probe's own encoding pass).
     scored_logits_only: the lm_head and log-softmax run only at the positions whose tokens the loss
         reads (default True; False = logits at every position, then the loss positions are read).
+    share_prompt_prefix: the PPO, reference and recomputed π_old forwards encode each prompt once per
+        micro-batch and copy its KV cache to the prompt's G rollouts, instead of encoding it G times
+        (default True; the gradient is the same). Not combined with ``gradient_checkpointing``.
     use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA via peft.
     load_in_4bit: NF4 weights via bitsandbytes (bf16 compute on GPU, fp32 on CPU).
     gradient_checkpointing, bf16, device ("auto", "cpu", "cuda").
@@ -248,6 +254,7 @@ class A2TGPOConfig:
     model_name_or_path: str = "bundled"
     gguf_file: Optional[str] = None
     dataset: str = "bundled"
+    eval_dataset: Optional[str] = None
     corpus: str = "bundled"
     num_prompts_per_step: int = 8
     max_steps: int = 40
@@ -263,6 +270,7 @@ class A2TGPOConfig:
     old_logprobs: str = "sampler"
     probe_reuse_cache: bool = True
     scored_logits_only: bool = True
+    share_prompt_prefix: bool = True
     use_peft: bool = False
     lora_r: int = 16
     lora_alpha: int = 32

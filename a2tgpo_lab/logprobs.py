@@ -75,7 +75,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             from logits computed at every position.
         shared_prefix: ``(lengths [B], groups [B])``: rows of one group begin with the same
             ``lengths[b]`` tokens (the G rollouts of a prompt share the prompt), so that prefix is
-            encoded once per group (:func:`_shared_prefix_forward`); tokens inside it are not scored.
+            encoded once per group (:func:`_shared_prefix_forward`); only tokens predicted from after
+            the prefix are scored (position l > lengths[b]: pass lengths one short of the shared part).
 
     Returns:
         ``TokenLogprobs(logprobs [B, L] float32, entropy [B, L] float32 or None)``. Position 0, padding,

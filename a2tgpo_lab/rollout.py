@@ -473,9 +473,19 @@ def recompute_old_logprobs(model, traj: Trajectory, cfg: A2TGPOConfig) -> torch.
                 width = int(lengths[rows].max())
                 scored = token_logprobs(
                     model, traj.input_ids[rows, :width].to(device), traj.attention_mask[rows, :width].to(device),
-                    temperature=cfg.temperature,
+                    temperature=cfg.temperature, shared_prefix=shared_prompt(traj, rows, cfg),
                     score_mask=None if score_mask is None else score_mask[rows, :width].to(device)).logprobs
                 old[rows, :width] = scored.cpu()
     finally:
         model.train(was_training)
     return old.masked_fill(~traj.loss_mask.cpu(), 0.0)
+
+
+def shared_prompt(traj: Trajectory, rows: torch.Tensor, cfg: A2TGPOConfig) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """``token_logprobs``' ``shared_prefix`` for ``rows`` of ``traj`` when ``cfg.share_prompt_prefix``: the
+    rollouts of one prompt share all of it but its last token (whose logits score the first generated
+    token, so it goes with the rest). None with gradient checkpointing, which re-runs layers that would
+    then write the cache twice."""
+    if not cfg.share_prompt_prefix or cfg.gradient_checkpointing:
+        return None
+    return traj.context_ends[rows, 0] - 1, traj.prompt_index[rows]

@@ -235,6 +235,7 @@ class A2TGPOTrainer:
         the mean loss-side metrics."""
         from .logprobs import token_logprobs
         from .loss import aggregation_units, policy_loss
+        from .rollout import shared_prompt
 
         cfg, model = self.cfg, self.model
         B = traj.batch_size
@@ -257,10 +258,12 @@ class A2TGPOTrainer:
                     ids, attn = traj.input_ids[rows, :width], traj.attention_mask[rows, :width]
                     loss_mask = traj.loss_mask[rows, :width]
                     scored = loss_mask if cfg.scored_logits_only else None
+                    shared = shared_prompt(traj, rows, cfg)
                     want_entropy = cfg.entropy_coeff > 0
                     logprobs, entropy = token_logprobs(model, ids, attn, temperature=cfg.temperature,
-                                                       return_entropy=want_entropy, score_mask=scored)
-                    ref = self._reference_logprobs(ids, attn, scored) if cfg.beta > 0 else None
+                                                       return_entropy=want_entropy, score_mask=scored,
+                                                       shared_prefix=shared)
+                    ref = self._reference_logprobs(ids, attn, scored, shared) if cfg.beta > 0 else None
                     loss, out = policy_loss(
                         logprobs, traj.old_logprobs[rows, :width], token_adv[rows, :width],
                         traj.turn_ids[rows, :width], loss_mask, token_low[rows, :width], token_high[rows, :width],
@@ -321,19 +324,18 @@ class A2TGPOTrainer:
         lengths = traj.attention_mask[mini.to(self.device)].sum(dim=1)
         return [mini[part] for part in token_budget_batches(lengths, self.cfg.micro_batch_tokens)]
 
-    def _reference_logprobs(self, ids: torch.Tensor, attn: torch.Tensor,
-                            score_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _reference_logprobs(self, ids: torch.Tensor, attn: torch.Tensor, score_mask: Optional[torch.Tensor] = None,
+                            shared_prefix=None) -> torch.Tensor:
         """log π_ref of every token (no gradient): the frozen copy, or the policy with its adapters disabled."""
         from .logprobs import token_logprobs
         from .models import disabled_adapters
 
-        temperature = self.cfg.temperature
+        how = dict(temperature=self.cfg.temperature, score_mask=score_mask, shared_prefix=shared_prefix)
         with torch.no_grad():
             if self.reference_model is not None:
-                return token_logprobs(self.reference_model, ids, attn, temperature=temperature,
-                                      score_mask=score_mask).logprobs
+                return token_logprobs(self.reference_model, ids, attn, **how).logprobs
             with disabled_adapters(self.model):
-                return token_logprobs(self.model, ids, attn, temperature=temperature, score_mask=score_mask).logprobs
+                return token_logprobs(self.model, ids, attn, **how).logprobs
 
     def _make_record(self, step, traj, examples, p, ig, nonfinite, adv, clip_factor, clip_low, clip_high,
                      token_adv, update, probe_text, elapsed) -> StepRecord:
@@ -386,6 +388,7 @@ class A2TGPOTrainer:
             bar = tqdm(total=cfg.max_steps, initial=self.global_step,
                        desc=f"train {cfg.preset_name or ''}".strip(), dynamic_ncols=True)
             self._logging = True
+            saved_step = None
             try:
                 while self.global_step < cfg.max_steps and not self._stop.is_set():
                     self._wait_if_paused()
@@ -402,6 +405,7 @@ class A2TGPOTrainer:
                         self.evaluate()
                     if self.global_step % cfg.save_steps == 0:
                         self.save()
+                        saved_step = self.global_step
             except KeyboardInterrupt as stop:
                 self.interrupted = "SIGTERM" if isinstance(stop, Preempted) else "SIGINT"
                 bar.write(f"Interrupted ({self.interrupted}): saving step {self.global_step} to {self.output_dir} "
@@ -409,7 +413,8 @@ class A2TGPOTrainer:
             finally:
                 self._logging = False
                 bar.close()
-            self.save()  # a second Ctrl-C here leaves the previous checkpoint and no half-written one
+            if saved_step != self.global_step:  # a second Ctrl-C here leaves no half-written checkpoint
+                self.save()
         self._emit("on_train_end")
         return self.history[-1] if self.history else {}
 
@@ -581,12 +586,12 @@ RESUMABLE_CHANGES = frozenset({"max_steps", "resume_from_checkpoint", "output_di
 
 
 def _check_positions(cfg: A2TGPOConfig, model) -> None:
-    """Prompt + completion must fit the model's position embeddings."""
+    """Warn when a rollout may run past the model's position embeddings (prompt + completion budgets)."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int) and cfg.max_prompt_length + cfg.max_completion_length > limit:
-        raise ConfigError(f"A2TGPOConfig.max_prompt_length + max_completion_length = {cfg.max_prompt_length} + "
-                          f"{cfg.max_completion_length} exceeds the model's {limit} positions "
-                          "(max_position_embeddings); lower one of them.")
+        warnings.warn(f"A2TGPOConfig.max_prompt_length + max_completion_length = {cfg.max_prompt_length} + "
+                      f"{cfg.max_completion_length} exceeds the model's {limit} positions (max_position_embeddings): "
+                      "a long rollout would run past what the model knows; lower one of them.", stacklevel=3)
 
 
 def _within_prompt_budget(examples: list[QAExample], tokenizer, cfg: A2TGPOConfig, which: str) -> list[QAExample]:
@@ -683,19 +688,21 @@ def _lr_lambda(cfg: A2TGPOConfig) -> Callable[[int], float]:
 
 
 def _resolve_examples(cfg: A2TGPOConfig, train, evaluation) -> tuple[list[QAExample], list[QAExample]]:
+    from .envs.loaders import load_questions
+
     if train is None or evaluation is None:
         if cfg.dataset == "bundled":
             from .envs.world import load_split
 
             train = train if train is not None else load_split("train")
-            evaluation = evaluation if evaluation is not None else load_split(cfg.eval_split)
+            if evaluation is None:
+                evaluation = load_questions(cfg.eval_dataset) if cfg.eval_dataset else load_split(cfg.eval_split)
         else:
-            from .envs.loaders import load_questions
-
             loaded = load_questions(cfg.dataset)
-            cut = max(1, len(loaded) // 10)
+            cut = 0 if cfg.eval_dataset else max(1, len(loaded) // 10)  # hold out 10% unless an eval file is given
             train = train if train is not None else loaded[cut:]
-            evaluation = evaluation if evaluation is not None else loaded[:cut]
+            if evaluation is None:
+                evaluation = load_questions(cfg.eval_dataset) if cfg.eval_dataset else loaded[:cut]
     if not train:
         raise DataError("No training questions: pass train_examples or point cfg.dataset at a question file.")
     return list(train), list(evaluation)

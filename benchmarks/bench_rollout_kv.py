@@ -8,8 +8,8 @@ processor (a forward hook) restricts each turn to ``<search> ENTITY RELATION </s
 turn cap is n: n − 1 searches are executed, the n-th is the unexecuted last-turn search. The
 tokens inside that grammar are still the transformer's choices. Both modes run the same batch
 with the same seed and must produce the same rollouts; the script prints the median time of each
-and the ratio. Times are end to end (sampling, tool calls, the old-log-prob forward, whose time is
-printed separately because both modes pay it alike).
+and the ratio. Times are end to end (sampling, tool calls, π_old log-probs, which both modes read off
+the sampler's logits: ``old_logprobs="sampler"``).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import torch
 from a2tgpo_lab.config import A2TGPOConfig
 from a2tgpo_lab.envs.search import bundled_search_tool
 from a2tgpo_lab.envs.world import bundled_corpus_path, load_split
-from a2tgpo_lab.logprobs import token_logprobs
 from a2tgpo_lab.rollout import generate_rollouts
 from a2tgpo_lab.tiny import IM_END, build_tiny_qwen, build_word_tokenizer
 
@@ -87,8 +86,7 @@ def main(argv=None) -> None:
     print(f"model: Qwen3 hidden {args.hidden}, {args.layers} layers ({params / 1e6:.2f}M parameters, vocab "
           f"{len(tokenizer)}), float32; {torch.get_num_threads()} threads; {args.prompts} prompts × "
           f"{args.generations} rollouts; median of {args.repeats}, alternating")
-    print(f"{'turns':>5} {'tokens/rollout':>14} {'re-encode s':>11} {'KV s':>7} {'speed-up':>9} {'identical':>9} "
-          f"{'of which old-logprob s':>22}")
+    print(f"{'turns':>5} {'tokens/rollout':>14} {'re-encode s':>11} {'KV s':>7} {'speed-up':>9} {'identical':>9}")
     for turns in args.turns:
         cfg = A2TGPOConfig(num_generations=args.generations, max_turns=turns, max_completion_length=1024)
 
@@ -101,13 +99,7 @@ def main(argv=None) -> None:
         assert all(len(t) == turns for t in fast.turn_texts), "every rollout should take exactly `turns` turns"
         same = torch.equal(slow.input_ids, fast.input_ids)
         tokens = fast.attention_mask.sum(dim=1).float().mean().item()
-        # the π_old forward over the finished batch is the same work in both modes
-        with torch.no_grad():
-            start = time.perf_counter()
-            token_logprobs(model, fast.input_ids, fast.attention_mask)
-            old_logprob_s = time.perf_counter() - start
-        print(f"{turns:>5} {tokens:>14.0f} {reencode_s:>11.3f} {kv_s:>7.3f} {reencode_s / kv_s:>8.2f}x {str(same):>9} "
-              f"{old_logprob_s:>22.3f}")
+        print(f"{turns:>5} {tokens:>14.0f} {reencode_s:>11.3f} {kv_s:>7.3f} {reencode_s / kv_s:>8.2f}x {str(same):>9}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ every configuration samples exactly the same rollouts and trains on them; only h
 
 **Toggles.** ``all on`` is the default config; ``all off`` switches every optimization off (recomputed
 π_old, the probe encoding its contexts itself, logits at every position, one micro-batch padded to
-the longest rollout: the step as it was before them); each ``− knob`` row turns one optimization off.
+the longest rollout, every rollout encoding its own prompt: the step as it was before them); each
+``− knob`` row turns one optimization off. (Two exact changes have no knob and are on in every row:
+identical prompts encoded once when sampling starts, identical IG probes scored once.)
 Configurations run alternately, repeat after repeat, so a change of machine load hits all of them
 alike; the table shows medians.
 
@@ -46,13 +48,14 @@ from a2tgpo_lab.trainer import A2TGPOTrainer
 
 PHASES = ("generation", "ig_forward", "old_logprob", "actor_update", "other")
 # Every optimization off: the step as computed before them.
-ALL_OFF = dict(old_logprobs="recompute", probe_reuse_cache=False, scored_logits_only=False, micro_batch_tokens=None)
 KNOBS = {  # one optimization, and the value that switches it off
     "sampler logprobs": ("old_logprobs", "recompute"),
     "probe reuses cache": ("probe_reuse_cache", False),
     "scored logits only": ("scored_logits_only", False),
     "token-budget micro-batches": ("micro_batch_tokens", None),
+    "shared prompt prefix": ("share_prompt_prefix", False),
 }
+ALL_OFF = dict(KNOBS.values())
 
 
 def load_world():

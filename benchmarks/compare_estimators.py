@@ -126,10 +126,11 @@ def run_one(rung: str, seed: int, args, shared: dict, clip_beta: Optional[float]
                      save_steps=10 ** 9, eval_num_prompts=args.curve_n, **overrides)
         trainer = A2TGPOTrainer(cfg, train_examples=shared["train"], eval_examples=shared["dev"],
                                 tool=shared["tool"], keep_records=args.steps)
-        curve = [(0, shared["start_curve"])] if "start_curve" in shared else [(0, trainer.evaluate()["eval/em"])]
-        shared.setdefault("start_curve", curve[0][1])
+        if "start_curve" not in shared:  # the start model is the same for every run: evaluate it once
+            shared["start_curve"] = trainer.evaluate()["eval/em"]
         trainer.train()
-        curve += [(int(h["step"]), h["eval/em"]) for h in trainer.history if "eval/em" in h]
+        curve = [(0, shared["start_curve"])] + [(int(h["step"]), h["eval/em"]) for h in trainer.history
+                                                if "eval/em" in h and h["step"] > 0]
         dev = eval_rows(trainer.model, trainer.tokenizer, shared["dev"][:args.eval_n], shared["tool"], cfg)
         test = eval_rows(trainer.model, trainer.tokenizer, shared["test"][:args.test_n], shared["tool"], cfg)
     curve.append((args.steps, float(np.mean([r["em"] for r in dev[:args.curve_n]]))))
@@ -210,9 +211,10 @@ def read_rows(folders) -> list[dict]:
 
 def bootstrap_ci(per_seed: list[np.ndarray], rng: np.random.Generator, n: int = 2000) -> tuple[float, float, float]:
     """Mean over seeds of the per-seed mean, with a hierarchical percentile bootstrap (seeds, then items)."""
-    point = float(np.mean([x.mean() for x in per_seed]))
-    if len(per_seed) == 0:
+    per_seed = [x for x in per_seed if x.size]
+    if not per_seed:
         return float("nan"), float("nan"), float("nan")
+    point = float(np.mean([x.mean() for x in per_seed]))
     means = np.empty(n)
     for i in range(n):
         seeds = rng.integers(0, len(per_seed), len(per_seed))
@@ -260,6 +262,7 @@ def summarize(rows: list[dict], seed: int = 0) -> dict:
 def spreads(table: dict, split: str = "dev") -> dict:
     """The spread between seeds (mean within-rung sd of per-seed EM) beside the spread between rungs (sd of
     the rung means)."""
+    table = {name: e for name, e in table.items() if name in LADDER}
     within = [np.std(e[f"{split}_seed_means"], ddof=1) for e in table.values() if len(e[f"{split}_seed_means"]) > 1]
     between = [e[split][0] for e in table.values()]
     return {"between_seeds_sd": float(np.mean(within)) if within else float("nan"),
@@ -272,6 +275,7 @@ def mechanisms(rows: list[dict]) -> dict:
     runs with the same seed and start model), ΔĀ_t, per-turn spread; Fig. 5: advantage min/max/mean per step;
     the clip band and clipped share by normalized-IG bucket."""
     out: dict = {"fig4": {}, "fig5": {}, "clip_by_ig": {}}
+    rows = [r for r in rows if group_key(r) == r["rung"] and not r["controlled"]]  # the preset's own β, published loss
     by = {(r["rung"], r["seed"], r["model"], r["controlled"]): r for r in rows if r.get("step0")}
     per_turn: dict = defaultdict(lambda: defaultdict(list))
     for (rung, seed, model, controlled), row in by.items():
@@ -291,8 +295,6 @@ def mechanisms(rows: list[dict]) -> dict:
         stats["delta_A"] = {t: abs(v["mean"]) for t, v in norm.items()}
         stats["delta_A_mean"] = float(np.mean(list(stats["delta_A"].values()))) if norm else float("nan")
     for row in rows:
-        if row["controlled"] or abs(row["clip_beta"] - 0.3) > 1e-9 and row["rung"] == "a2tgpo":
-            continue
         series = out["fig5"].setdefault(row["rung"], defaultdict(lambda: {"min": [], "max": [], "mean": []}))
         for s in row["train"]:
             for key in ("min", "max", "mean"):
@@ -315,7 +317,7 @@ def curves(rows: list[dict]) -> dict:
     """Learning curves: per group, the mean and range over seeds of the dev-subset EM at each evaluated step."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        for step, em in row["curve"]:
+        for step, em in dict(row["curve"]).items():  # one value per step (the first rows repeated step 0)
             groups[group_key(row)][step].append(em)
     return {name: {str(step): [float(np.mean(v)), float(np.min(v)), float(np.max(v))] for step, v in sorted(s.items())}
             for name, s in groups.items()}
@@ -403,11 +405,27 @@ def figures(rows: list[dict], img_dir: Path, prefix: str) -> list[Path]:
     return written
 
 
-def beta_figure(table: dict, img_dir: Path, prefix: str) -> Optional[Path]:
+def beta_sweep(rows: list[dict]) -> dict:
+    """a2tgpo runs (published recipe, bundled model) grouped by clip β, on the seeds every β value has."""
+    runs = [r for r in rows if r["rung"] == "a2tgpo" and not r["controlled"] and r["model"] == "bundled"]
+    by_beta: dict = defaultdict(dict)
+    for r in runs:
+        by_beta[round(r["clip_beta"], 3)][r["seed"]] = r
+    if len(by_beta) < 2:
+        return {}
+    seeds = sorted(set.intersection(*(set(v) for v in by_beta.values())))
+    rng = np.random.default_rng(0)
+    return {beta: {"seeds": seeds, **{split: bootstrap_ci([np.array([q["em"] for q in by_beta[beta][s][split]])
+                                                           for s in seeds], rng) for split in ("dev", "test")},
+                   "clip_frac": float(np.mean([st["clip_frac"] for s in seeds for st in by_beta[beta][s]["train"]
+                                               if st["clip_frac"] is not None]))}
+            for beta in sorted(by_beta)}
+
+
+def beta_figure(sweep: dict, img_dir: Path, prefix: str) -> Optional[Path]:
     import plotly.graph_objects as go
 
-    points = sorted((float(name.split("β=")[1]) if "β=" in name else 0.3, e["dev"]) for name, e in table.items()
-                    if name.startswith("a2tgpo") and not name.startswith("a2tgpo_"))
+    points = [(beta, entry["dev"]) for beta, entry in sweep.items()]
     if len(points) < 2:
         return None
     fig = go.Figure(go.Scatter(x=[b for b, _ in points], y=[v[0] for _, v in points], mode="lines+markers",
@@ -428,7 +446,8 @@ def report(args) -> None:
     sections, summary = [], {}
     for controlled in (False, True):
         for model in sorted({r["model"] for r in rows}):
-            subset = [r for r in rows if r["controlled"] == controlled and r["model"] == model]
+            subset = [r for r in rows if r["controlled"] == controlled and r["model"] == model
+                      and group_key(r) == r["rung"]]  # β-sweep points have their own table
             if not subset:
                 continue
             label = f"{'controlled' if controlled else 'published recipes'}, start model {model}"
@@ -439,6 +458,13 @@ def report(args) -> None:
             sections.append(f"Spread of dev EM: between seeds (sd within a rung) {s['between_seeds_sd']:.3f}; "
                             f"between rungs (sd of rung means) {s['between_rungs_sd']:.3f}; "
                             f"range of rung means {s['rung_range']:.3f}.\n")
+    summary["beta_sweep"] = beta_sweep(rows)
+    if summary["beta_sweep"]:
+        lines = ["### β sweep (a2tgpo, published recipe)", "", "| clip β | dev EM [95% CI] | test EM [95% CI] | seeds "
+                 "| clip frac |", "|---|---|---|---|---|"]
+        lines += [f"| {beta:.1f} | {_ci(e['dev'])} | {_ci(e['test'])} | {len(e['seeds'])} | {e['clip_frac']:.3f} |"
+                  for beta, e in summary["beta_sweep"].items()]
+        sections.append("\n".join(lines) + "\n")
     summary["mechanisms"] = mechanisms([r for r in rows if r["model"] == "bundled"])
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     (out / "summary.md").write_text("\n".join(sections))
@@ -448,8 +474,7 @@ def report(args) -> None:
         prefix = args.img_prefix
         written = figures([r for r in rows if not r["controlled"] and r["model"] == "bundled"], Path(args.img_dir),
                           prefix)
-        first = next(iter(summary))
-        beta = beta_figure(summary[first]["table"], Path(args.img_dir), prefix)
+        beta = beta_figure(summary["beta_sweep"], Path(args.img_dir), prefix)
         print("figures:", [str(p) for p in written + ([beta] if beta else [])])
 
 

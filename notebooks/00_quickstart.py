@@ -160,6 +160,8 @@ thread = trainer.train_in_background()
 # %%
 if SMOKE:
     thread.join()
+    shown = str(dashboard.results.outputs)      # what the dashboard displayed when the run ended
+    assert shown != "()" and "when_finished:" not in shown, f"the report failed in the dashboard: {shown[:300]}"
     for part in report(trainer):
         display(HTML(part)) if isinstance(part, str) else show(part)
 

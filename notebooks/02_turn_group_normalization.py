@@ -70,7 +70,7 @@ def show_source(function):
 # %%
 from a2tgpo_lab import advantages as advantages_module
 
-show_source(advantages_module._group_zscore)
+show_source(advantages_module.group_zscore)
 
 # %%
 show_source(lab.turn_group_normalize)
@@ -142,9 +142,11 @@ for k in range(1, record.max_turns + 1):
 
 # %% [markdown]
 # The IG of different depths lives on different scales: the first search of this tiny model mostly
-# reveals the answer's *type* (a small, steady gain), a later one either retrieves the answer itself (a
-# large jump) or adds nothing. Pooling ranks every turn against the turns of *all* depths of its prompt, so
-# the share of positive $\hat I$ differs by depth (the `pooled Î > 0` column), whatever each search did:
+# reveals the answer's *type* (a small, steady gain, positive almost every time), a later one either
+# retrieves the answer itself (a large jump), adds nothing, or even lowers the probability of the gold
+# answer (a negative IG; notebook 04, section 5, looks at such turns). Pooling ranks every turn against
+# the turns of *all* depths of its prompt, so the share of positive $\hat I$ differs by depth (the
+# `pooled Î > 0` column), whatever each search did:
 # the normalized IG says as much about a turn's depth as about its quality. Per (prompt, turn) every depth
 # is centred on its own mean, and a turn's $\hat I$ only says how it compares with the same turn of its
 # siblings.
@@ -165,6 +167,14 @@ for label, values in (("raw IG", record.ig), ("pooled Î", pooled.numpy()), ("pe
     means = np.array([values[present[:, t], t].mean() for t in turns_present])
     shown = " ".join(f"{mean:+.3f}" for mean in means.round(3) + 0.0)     # + 0.0 turns −0.000 into 0.000
     print(f"{label:11s} per-turn mean Ā_t: {shown:24s} ΔĀ_t = max − min = {means.max() - means.min():.2f}")
+
+# %% [markdown]
+# The paper's Fig. 4 for this batch: per turn, raw IG → normalized IG → advantage, IGPO (joint z-score, sum
+# without rescale) above, A²TGPO (per-turn groups, $\alpha D/\sqrt n + \hat R$) below, with $\Delta\bar A_t$
+# and the per-turn spread:
+
+# %%
+show(viz.credit_flow_figure(record))
 
 # %% [markdown]
 # Side by side for the prompt with the most multi-search rollouts:
@@ -202,8 +212,8 @@ for k in range(1, record.max_turns + 1):
 # get the same observation) have bit-identical IG. A group where every member did the same has no
 # spread: $\hat I = 0$ for all of them (counted in `record.zero_std_group_frac`), and their advantage at
 # that turn is the outcome $\hat R_i$ plus the rescaled IG credit of their *later* turns only (notebook 03).
-# On a small model with greedy-looking sampling this is common at turn 1, where many rollouts issue the
-# obvious query; the identical searches then earn no IG credit at all, good or bad.
+# The identical searches then earn no IG credit at all, good or bad; how often it happens depends on how
+# varied the policy's queries are (the share is printed below, and logged as `ig/zero_std_group_frac`).
 
 # %%
 def constant_groups(record):

@@ -246,6 +246,55 @@ clipped_rollouts = [i for i in range(adaptive.batch_size) if np.any(adaptive.cli
 display(viz.RolloutInspector(adaptive, rollout=clipped_rollouts[0] if clipped_rollouts else 0))
 
 # %% [markdown]
+# ## 5. When IG misleads, on real rollouts
+#
+# The clip factor trusts the normalized IG, and IG measures one thing: how much a turn moved the probe's
+# probability of the gold answer. That is not the same as "the turn was needed", and on real rollouts of the
+# bundled model it shows in two ways.
+#
+# **The first search earns IG from learning the answer's type.** Before any search the model does not know
+# whether a city or a person is wanted, so $\bar\pi_0$ is tiny; any first observation tells it, and
+# $\bar\pi$ of the gold answer rises with every answer of that type, even when the observation says nothing
+# about this question's answer:
+
+# %%
+def first_observation_has_gold(record, i):
+    observations = record.observations[i]
+    return bool(observations) and any(gold.lower() in observations[0].lower() for gold in record.answers[i])
+
+
+searched = np.isfinite(adaptive.ig[:, 0])
+without_answer = np.array([searched[i] and not first_observation_has_gold(adaptive, i) for i in range(adaptive.batch_size)])
+ig_first = adaptive.ig[without_answer, 0]
+print(f"first searches whose observation does not contain the gold answer: {without_answer.sum()} of {searched.sum()}")
+print(f"  their IG: positive for {np.mean(ig_first > 0):.0%}, mean {np.mean(ig_first):+.4f}, median {np.median(ig_first):+.4f}")
+
+# %% [markdown]
+# **A correct, necessary later hop can get a negative IG**, and with it $\hat I < 0$, a clip factor below 1
+# (a *narrower* band for the turn that found the answer) and an advantage below the outcome term: after the
+# first hop the model spreads probability over answers of the right type, and an observation that points
+# elsewhere first, or simply re-ranks the candidates, can lower $\bar\pi$ of the gold one. The other way
+# round, a wrong rollout's search can earn a positive IG. `viz.ig_misleads(record)` lists the process turns
+# whose IG points against the rollout's outcome, largest $|\hat I|$ first:
+
+# %%
+misled = viz.ig_misleads(adaptive)
+print(f"{len(misled)} of {int(np.isfinite(adaptive.ig).sum())} process turns have an IG that points against the outcome")
+print(f"{'kind':26s} {'rollout':>7s} {'turn':>4s} {'query':24s} {'IG':>8s} {'Î':>7s} {'c':>6s} {'Â':>7s} answer / gold")
+for row in misled[:8]:
+    print(f"{row['kind']:26s} {row['rollout']:7d} {row['turn']:4d} {str(row['query'])[:24]:24s} {row['ig']:+8.4f} "
+          f"{row['ig_norm']:+7.3f} {row['clip_factor']:6.3f} {row['advantage']:+7.3f} {row['answer']} / {row['gold'][0]}")
+show(viz.ig_misleads_figure(adaptive))
+
+# %% [markdown]
+# How to read this honestly: the outcome term $\hat R$ is added to every turn at full weight, so a correct
+# rollout usually keeps a positive advantage even where its IG misled, but not always (a large negative
+# $\hat I$ can outweigh it), and its band is narrower on exactly that turn. IG is a useful hint where the
+# probe's probability tracks progress (a hop that retrieves the answer makes it jump); it misleads where the
+# answer's *type* is the news, where candidates of the right type compete, and for answers the probe
+# scores badly (notebook 01). Watch `viz.ig_misleads` on your own batches before trusting per-turn credit.
+
+# %% [markdown]
 # **Takeaways.** The adaptive band is a per-turn trust region: $c \in (1-\beta, 1+\beta)$, monotone in
 # $\hat I$, never a gradient path (it is a constant of the loss). With turn-level ratios, whole turns are
 # clipped together and $\varepsilon$ must be small. Watch `clip_ratio/*` and `turn/{k}/clip_frac` in the

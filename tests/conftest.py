@@ -1,4 +1,4 @@
-"""Shared fixtures. ``worked_example``: the batch of ALGORITHM.md §8 (one prompt, G = 3, T = 4)."""
+"""Shared fixtures. ``worked_example``: the batch of ALGORITHM.md §9 (one prompt, G = 3, T = 4)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ NAN = math.nan
 
 @pytest.fixture
 def worked_example():
-    """Probe probabilities, outcomes and turn counts of ALGORITHM.md §8, as the trainer passes them.
+    """Probe probabilities, outcomes and turn counts of ALGORITHM.md §9, as the trainer passes them.
 
     p [3, 5] (t = 0 .. T, NaN past K_i), probe_logprob_mean = log p, outcome [3], prompt_index [3],
     num_tool_turns [3] = K_i, T = 4 (rollout 3 has 3 tool turns and its answer turn 4).

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from a2tgpo_lab.cli import _config_from_args, build_parser, main
+from a2tgpo_lab.config import PRESETS
 
 
 def parse(*argv):
@@ -17,7 +18,8 @@ def test_flags_override_preset():
                 "--epsilon", "0.01")
     assert (cfg.preset_name, cfg.num_generations, cfg.adaptive_clip, cfg.use_peft, cfg.epsilon) == \
         ("igpo", 4, False, True, 0.01)
-    assert cfg.normalization == "pooled" and cfg.rescale == "none"
+    flagged = {"num_generations", "adaptive_clip", "use_peft", "epsilon"}
+    assert all(getattr(cfg, name) == value for name, value in PRESETS["igpo"].items() if name not in flagged)
 
 
 def test_default_is_a2tgpo():
@@ -111,3 +113,14 @@ def test_resume_without_preset_continues_with_the_checkpoints_config(tmp_path):
     cfg = parse("train", "--resume_from_checkpoint", str(checkpoint), "--max_steps", "8")
     assert (cfg.preset_name, cfg.seed, cfg.learning_rate, cfg.max_steps) == ("grpo", 7, 1e-4, 8)
     assert cfg.advantage_estimator == "grpo" and cfg.resume_from_checkpoint == str(checkpoint)
+
+
+def test_train_prints_the_clip_fraction_per_turn(tmp_path, capsys):
+    code = main(["train", "--max_steps", "2", "--num_prompts_per_step", "2", "--num_generations", "4", "--skip_eval",
+                 "--output_dir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0
+    summary = next(line for line in out.splitlines() if line.startswith("clip fraction"))
+    assert "all turns" in summary and "turn 1" in summary
+    share = float(summary.split("all turns ")[1].split()[0])
+    assert share > 0, "default training takes several optimizer steps per batch, so some tokens are clipped"

@@ -197,9 +197,9 @@ def worked_example_record():
 def test_advantages_by_rescale_matches_the_worked_example():
     variants = F.advantages_by_rescale(worked_example_record())
     scaled, unscaled = variants["÷ √n"], variants["no rescale"]
-    assert np.allclose(scaled[0, :3], [1.7571, 1.2071, 0.7071], atol=1e-3)
-    assert np.allclose(scaled[1, :2], [-1.7559, -1.4142], atol=1e-3)
-    assert np.allclose(scaled[2], [-0.2801, -0.1691, 0.5, 0.7071], atol=1e-3)
+    assert np.allclose(scaled[0, :3], [2.3591, 1.7071, 0.7071], atol=1e-3)       # ALGORITHM.md §9
+    assert np.allclose(scaled[1, :2], [-2.4832, -1.4142], atol=1e-3)
+    assert np.allclose(scaled[2], [-0.0245, 0.0, 0.7071, 0.7071], atol=1e-3)
     assert np.allclose(unscaled[0, :3], [3.0434, 1.7071, 0.7071], atol=1e-3)
 
 

@@ -239,3 +239,22 @@ def test_probe_batch_gives_the_package_ig():
     expected, _, _ = information_gain(expected_ell, traj.num_tool_turns)
     torch.testing.assert_close(ig, expected, rtol=0, atol=1e-5, equal_nan=True)
     assert torch.isfinite(ig).sum() >= 4
+
+    # the same through a DataProto and a log-prob function, as a verl trainer calls it
+    from verl import DataProto
+
+    def log_prob_fn(probe_data):
+        batch = probe_data.batch
+        logprobs = token_logprobs(model, batch["input_ids"], batch["attention_mask"], temperature=cfg.temperature)
+        return DataProto.from_dict({"old_log_probs": logprobs.logprobs[:, batch["prompts"].shape[1]:]})
+
+    scores = torch.zeros(traj.batch_size, R)
+    data = DataProto.from_dict({"prompts": prompts, "responses": responses, "attention_mask": attention,
+                                "response_mask": response_mask, "token_level_scores": scores})
+    ig_verl, rewards = plugin.compute_turn_ig(data, log_prob_fn, probe_suffixes(tokenizer, traj, cfg), pad, cfg=cfg,
+                                              num_tool_turns=traj.num_tool_turns)
+    K = int(traj.num_tool_turns.max())
+    torch.testing.assert_close(ig_verl, expected[:, :K], rtol=0, atol=1e-5, equal_nan=True)
+    read_back, _, _ = plugin.per_turn_from_token_rewards(rewards, plugin.turn_ids_from_mask(response_mask),
+                                                         traj.num_tool_turns)
+    torch.testing.assert_close(read_back, expected[:, :K].nan_to_num(), rtol=0, atol=1e-6)

@@ -156,7 +156,7 @@ def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only):
     """Encoding each group's prefix once (its KV copied to the group's rows) changes neither the scores
     of the tokens after it nor the gradient."""
     ids, mask, lengths, groups = grouped_rows(model.config.vocab_size)
-    after = (torch.arange(ids.shape[1])[None, :] >= lengths[:, None]) & mask.bool()
+    after = (torch.arange(ids.shape[1])[None, :] > lengths[:, None]) & mask.bool()  # predicted after the prefix
     score = after if scored_only else None
     results = {}
     for name, shared in (("plain", None), ("shared", (lengths, groups))):

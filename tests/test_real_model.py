@@ -33,7 +33,7 @@ pytestmark = [
 ]
 
 SETTINGS = dict(model_name_or_path="smollm2-135m", use_peft=True, lora_r=8, few_shot=True, num_prompts_per_step=2,
-                num_generations=3, max_turns=3, max_new_tokens_per_turn=20, max_completion_length=160,
+                num_generations=3, max_turns=2, max_new_tokens_per_turn=20, max_completion_length=128,
                 max_observation_tokens=40, learning_rate=1e-3, seed=0, device="cpu")
 
 
@@ -166,3 +166,12 @@ def test_verl_parquet_evaluates_by_data_source(lora_model, questions):
     sources = {key for key in metrics if key.startswith("eval/em/source_")}
     assert sources == {"eval/em/source_world_birthplace", "eval/em/source_world_founder"}
     assert metrics["eval/n"] == 2 and all(0.0 <= metrics[key] <= 1.0 for key in sources)
+
+
+def test_paper_protocol_probe_on_the_bpe_tokenizer(lora_model):
+    """The paper protocol's IG probe: think block, answer with the gold answer inside \\boxed{}."""
+    _, tokenizer = lora_model
+    suffix = probe_suffix(tokenizer, "Pibrer", protocol="paper", few_shot=True)
+    assert suffix.text.startswith("<think> I have enough information to answer. </think> <answer> \\boxed{Pibrer}")
+    assert tokenizer.decode(suffix.gold_ids) == "Pibrer" and len(suffix.gold_ids) > 1
+    assert tokenizer.decode(suffix.prefix_ids + suffix.gold_ids + suffix.suffix_ids) == suffix.text

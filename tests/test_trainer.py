@@ -163,6 +163,20 @@ def test_gradient_accumulation_matches_one_batch(tmp_path, bundled_world, mode, 
     torch.testing.assert_close(accumulated / scale, one_batch / scale, rtol=0, atol=1e-5)
 
 
+def test_shared_prompt_prefix_keeps_the_gradient(tmp_path, bundled_world):
+    cfg = small_config(tmp_path, num_mini_batches=1, loss_agg_mode="token-mean", max_grad_norm=1e9)
+    trainer = make_trainer(cfg, bundled_world)
+    traj = _rollouts(trainer)
+    token_adv = torch.randn(traj.loss_mask.shape, generator=torch.Generator().manual_seed(1)) * traj.loss_mask
+    low, high = torch.full_like(token_adv, 0.8), torch.full_like(token_adv, 1.2)
+    shared = _gradient_of_one_update(trainer, traj, token_adv, low, high)
+    trainer.cfg = cfg.replace(share_prompt_prefix=False)
+    separate = _gradient_of_one_update(trainer, traj, token_adv, low, high)
+    scale = separate.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(shared / scale, separate / scale, rtol=0, atol=1e-5)
+
+
 def test_first_pass_ratio_is_one_with_lora_dropout(tmp_path, bundled_world):
     cfg = small_config(tmp_path, use_peft=True, lora_dropout=0.05, num_mini_batches=1, max_steps=1)
     trainer = make_trainer(cfg, bundled_world)
@@ -177,19 +191,20 @@ def test_first_pass_ratio_is_one_with_lora_dropout(tmp_path, bundled_world):
 
 
 def test_default_update_clips_and_adaptive_differs_from_fixed(tmp_path, bundled_world):
-    """One quickstart-sized step (8 prompts × 8 rollouts, every default): tokens are clipped, and the adaptive
-    band changes the update. Its effect is small by nature: it moves the band edge by β·ε·tanh(Î/2) ≈ 3e-4,
-    so only the few turns whose ratio lands that close to the edge are clipped by one band and not the other."""
-    updates, clip_fracs = {}, {}
-    for name in ("a2tgpo", "a2tgpo_fixed_clip"):
-        cfg = preset(name, output_dir=str(tmp_path / name), eval_steps=100, save_steps=100)
-        trainer = make_trainer(cfg, bundled_world)
-        before = flat_params(trainer.model).clone()
-        record = trainer.step()
-        updates[name] = flat_params(trainer.model) - before
-        clipped = np.concatenate([c[m] for c, m in zip(record.clipped, record.loss_mask)])
-        clip_fracs[name] = float((clipped != 0).mean())
-    assert clip_fracs["a2tgpo"] > 0 and clip_fracs["a2tgpo_fixed_clip"] > 0
-    # Same rollouts and advantages (CPU steps are bit-reproducible: see test_resume_equals_uninterrupted), so
-    # any difference in the update is the clip band's.
-    assert not torch.equal(updates["a2tgpo"], updates["a2tgpo_fixed_clip"])
+    """Quickstart-sized steps (8 prompts × 8 rollouts, every default): tokens are clipped, and the adaptive
+    band changes the training. Its effect per step is small by nature: it moves a band edge by β·ε·tanh(Î/2)
+    (≈ 3e-4), so only turns whose ratio lands that close to the edge are clipped by one band and not the other;
+    on the bundled task that happens within the first few steps (measured: the second)."""
+    trainers = {name: make_trainer(preset(name, output_dir=str(tmp_path / name), eval_steps=100, save_steps=100),
+                                   bundled_world) for name in ("a2tgpo", "a2tgpo_fixed_clip")}
+    for _ in range(4):
+        for name, trainer in trainers.items():
+            record = trainer.step()
+            clipped = np.concatenate([c[m] for c, m in zip(record.clipped, record.loss_mask)])
+            assert (clipped != 0).mean() > 0, f"{name}: several optimizer steps per batch must clip some tokens"
+        # Same rollouts and advantages while the weights agree (CPU steps are bit-reproducible, see
+        # test_resume_equals_uninterrupted), so a difference in the weights is the clip band's doing.
+        if not torch.equal(*(flat_params(t.model) for t in trainers.values())):
+            break
+    else:
+        pytest.fail("adaptive and fixed clip trained identically for 4 steps")

@@ -70,9 +70,9 @@ def test_clip_explorer_ratio_presets():
     explorer = ClipExplorer()
     assert (explorer.eps_low.value, explorer.eps_high.value) == pytest.approx(epsilon_preset("turn"))
     explorer.ratio_level.value = "token"
-    assert (explorer.eps_low.value, explorer.eps_high.value) == pytest.approx((0.2, 0.28))
+    assert (explorer.eps_low.value, explorer.eps_high.value) == pytest.approx((0.2, 0.2))   # published GRPO / IGPO
     low, high = explorer.figure.layout.meta["fixed_bounds"]
-    assert (low, high) == pytest.approx((0.8, 1.28))
+    assert (low, high) == pytest.approx((0.8, 1.2))
     with pytest.raises(ValueError, match="ratio_level"):
         epsilon_preset("sequence")
 

@@ -27,7 +27,7 @@ from trl import GRPOConfig, GRPOTrainer
 from ..config import A2TGPOConfig, preset
 from ..envs import QAExample
 from ..loss import policy_loss
-from .core import TurnCredit, turn_credit, turn_ids_from_mask
+from .core import turn_credit, turn_ids_from_mask
 
 __all__ = ["A2TGPOGRPOTrainer", "qa_dataset"]
 
@@ -81,7 +81,6 @@ class A2TGPOGRPOTrainer(GRPOTrainer):
 
             tool = bundled_search_tool(topk=cfg.retrieval_topk)
         self.tool = tool
-        self.last_credit: Optional[TurnCredit] = None
 
     # ------------------------------------------------------------------ rollouts and credit
     def _examples(self, inputs: list[dict]) -> list[QAExample]:
@@ -140,17 +139,16 @@ class A2TGPOGRPOTrainer(GRPOTrainer):
 
         credit = turn_credit(cfg, ig.cpu(), traj.outcome_reward.cpu(), traj.prompt_index.cpu(),
                              traj.num_tool_turns.cpu(), turn_ids, tool_mask.bool())
-        self.last_credit = credit
         mode = "train" if self.model.training else "eval"
-        metrics = {"reward": traj.outcome_reward.float().mean(), "num_turns/mean": traj.num_tool_turns.float().mean() + 1,
-                   "ig/mean": ig[torch.isfinite(ig)].mean() if torch.isfinite(ig).any() else torch.tensor(0.0)}
+        metrics = {"reward": traj.outcome_reward.float().mean(), "tool_calls/mean": traj.num_tool_turns.float().mean(),
+                   "ig/mean": torch.nanmean(ig.float())}
         for name, value in metrics.items():
-            self._metrics[mode][name].append(self.accelerator.gather(value.to(device)).mean().item())
-        return {"prompt_ids": prompt_ids.to(device), "prompt_mask": prompt_mask.to(device),
-                "completion_ids": completion_ids.to(device), "completion_mask": completion_mask.to(device),
-                "tool_mask": tool_mask.to(device), "turn_ids": turn_ids.to(device),
-                "old_per_token_logps": old_logps.to(device), "advantages": credit.token_advantages.to(device),
-                "token_clip_low": credit.token_clip_low.to(device), "token_clip_high": credit.token_clip_high.to(device)}
+            self._metrics[mode][name].append(self.accelerator.gather(value.to(device)).nanmean().item())
+        batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+                 "completion_mask": completion_mask, "tool_mask": tool_mask, "turn_ids": turn_ids,
+                 "old_per_token_logps": old_logps, "advantages": credit.token_advantages,
+                 "token_clip_low": credit.token_clip_low, "token_clip_high": credit.token_clip_high}
+        return {name: value.to(device) for name, value in batch.items()}
 
     # ------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs: dict) -> torch.Tensor:

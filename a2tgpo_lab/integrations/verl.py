@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextvars
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -40,6 +41,7 @@ import torch
 
 from verl.trainer.ppo.core_algos import register_adv_est, register_policy_loss
 
+from ..advantages import broadcast_to_tokens
 from ..clipping import clip_bounds
 from ..config import A2TGPOConfig, preset
 from ..info_gain import information_gain
@@ -91,13 +93,8 @@ def _estimate(estimator: str, token_level_rewards: torch.Tensor, response_mask: 
     prompt_index = prompt_index_from_uid(index, mask.shape[0])
     credit = turn_credit(cfg, ig.cpu(), outcome.cpu(), prompt_index, turns.cpu(), turn_ids, mask)
     advantages = credit.token_advantages.to(token_level_rewards.dtype)
-    factor = torch.where(mask, _broadcast(credit.clip_factor, turn_ids), torch.zeros_like(advantages))
+    factor = broadcast_to_tokens(credit.clip_factor.to(mask.device), turn_ids, mask)
     return advantages, factor.to(token_level_rewards.dtype)
-
-
-def _broadcast(per_turn: torch.Tensor, turn_ids: torch.Tensor) -> torch.Tensor:
-    index = (turn_ids - 1).clamp(0, per_turn.shape[1] - 1)
-    return torch.nan_to_num(per_turn.to(turn_ids.device).gather(1, index), nan=0.0)
 
 
 @register_adv_est("a2tgpo")
@@ -230,16 +227,28 @@ def install_turn_clip_passthrough() -> None:
 
 # ----------------------------------------------------------------------------- IG probe
 
+@dataclass
 class ProbeBatch:
     """The probe rows of a verl batch: one row per (rollout i, context t = 0 .. K_i), laid out as a verl
-    generation batch — left-padded ``prompts`` (the context after turn t), right-padded ``responses``
-    (probe prefix + gold answer), ``input_ids`` / ``attention_mask`` / ``position_ids`` — so the actor's
-    ``compute_log_prob`` scores it. ``row``, ``turn``: [N] the (i, t) of each probe row;
-    ``gold_start``, ``gold_len``: [N] where the gold tokens sit in ``responses``.
+    generation batch so that the actor's ``compute_log_prob`` scores it.
+
+    prompts [N, P'] left-padded (the context after turn t); responses [N, R'] right-padded (probe prefix +
+    gold answer); input_ids, attention_mask, position_ids [N, P' + R']; row, turn [N]: the (i, t) of each
+    probe row; gold_start, gold_len [N]: where its gold tokens sit in ``responses``; num_tool_turns [B];
+    batch_size: B.
     """
 
-    def __init__(self, **tensors: torch.Tensor):
-        self.__dict__.update(tensors)
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prompts: torch.Tensor
+    responses: torch.Tensor
+    row: torch.Tensor
+    turn: torch.Tensor
+    gold_start: torch.Tensor
+    gold_len: torch.Tensor
+    num_tool_turns: torch.Tensor
+    batch_size: int
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The fields of a verl ``DataProto.batch`` (pass to ``DataProto.from_dict``)."""
@@ -307,13 +316,17 @@ def ig_from_probe_log_probs(log_probs: torch.Tensor, probe: ProbeBatch, mode: st
 
 
 def compute_turn_ig(data: Any, log_prob_fn: Callable[[Any], Any], probes: list, pad_token_id: int,
-                    cfg: Optional[A2TGPOConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    cfg: Optional[A2TGPOConfig] = None,
+                    num_tool_turns: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-turn IG of a verl ``DataProto`` and its token-reward layout, from one log-prob pass.
 
-    log_prob_fn: ``DataProto -> DataProto`` with ``batch["old_log_probs"]`` (e.g. the actor worker
-    group's ``compute_log_prob``; the probe batch may need padding to its world size). Returns
-    (ig [B, T], token rewards = ``data.batch["token_level_scores"]`` with IG added at each tool turn's last
-    model token), ready for the ``a2tgpo`` estimator.
+    data: a DataProto with ``prompts``, ``responses``, ``attention_mask``, ``response_mask`` and
+    ``token_level_scores`` (the outcome at the last response token). log_prob_fn: ``DataProto -> DataProto``
+    with ``batch["old_log_probs"]`` (e.g. the actor worker group's ``compute_log_prob``; the probe batch may
+    need padding to its world size). num_tool_turns: optional [B], as for the estimator.
+
+    Returns (ig [B, T], token rewards = ``token_level_scores`` with IG added at each tool turn's last model
+    token), ready for the ``a2tgpo`` estimator.
     """
     from verl import DataProto
 
@@ -321,12 +334,12 @@ def compute_turn_ig(data: Any, log_prob_fn: Callable[[Any], Any], probes: list, 
 
     cfg = cfg or preset("a2tgpo")
     fields = data.batch
-    probe = build_probe_batch(fields["prompts"], fields["responses"], fields["attention_mask"],
-                              fields["response_mask"], probes, pad_token_id)
+    response_mask = fields["response_mask"].bool()
+    probe = build_probe_batch(fields["prompts"], fields["responses"], fields["attention_mask"], response_mask,
+                              probes, pad_token_id, num_tool_turns=num_tool_turns)
     scored = log_prob_fn(DataProto.from_dict(tensors=probe.tensors(), meta_info={"temperature": cfg.temperature}))
     ig, _, _ = ig_from_probe_log_probs(scored.batch["old_log_probs"], probe, mode=cfg.ig_mode)
-    turn_ids = turn_ids_from_mask(fields["response_mask"].bool())
-    return ig, write_ig_to_token_rewards(fields["token_level_scores"], ig, turn_ids)
+    return ig, write_ig_to_token_rewards(fields["token_level_scores"], ig, turn_ids_from_mask(response_mask))
 
 
 install_turn_clip_passthrough()

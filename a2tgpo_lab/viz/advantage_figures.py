@@ -1,11 +1,11 @@
 """Accumulated advantage against turn depth, with and without the √n rescale (ALGORITHM.md §4).
 
-    A_{i,t} = ( Σ_{k=t}^{K_i+1} γ^{k−t} r̃_{i,k} ) / √(K_i + 2 − t)        r̃ = (Ĩ_{i,1..K_i}, õ_i)
+    Â_{i,t} = α · Σ_{k=t}^{T_i−1} γ^{k−t} Î_{i,k} / √(T_i − t) + R̂_i      process turns (Eq. 9)
 
 Without the division an early turn of a long rollout sums many unit-scale terms, so its advantage
 spreads wider than a late turn's just because of its depth; dividing by √(number of summed terms)
-puts every depth on the same scale. Both variants are computed from the record's Ĩ and õ by the
-package's :func:`a2tgpo_lab.advantages.reward_terms` and :func:`~a2tgpo_lab.advantages.accumulate`.
+puts every depth on the same scale. Both variants are computed from the record's Î and R̂ by the
+package's :func:`a2tgpo_lab.advantages.accumulate` and :func:`~a2tgpo_lab.advantages.add_outcome`.
 """
 from __future__ import annotations
 
@@ -15,28 +15,31 @@ from .style import TEMPLATE, check_record
 
 
 def advantages_by_rescale(record) -> dict[str, np.ndarray]:
-    """{"÷ √n": A [B, T], "no rescale": A [B, T]} for the record's Ĩ, õ, K and γ.
+    """{"÷ √n": A [B, T], "no rescale": A [B, T]} for the record's Î, R̂, K, α and γ.
 
-    A GRPO record has no per-turn terms (its advantage is õ broadcast to every turn, never rescaled),
-    so both entries are its stored advantages.
+    GRPO and IGPO records have no rescaled sum (GRPO broadcasts R̂, IGPO sums its joint rewards
+    without a divisor), so both entries are their stored advantages.
     """
     import torch
 
-    from ..advantages import accumulate, reward_terms
+    from ..advantages import accumulate, add_outcome, share_first_turn
 
     check_record(record, "advantages_by_rescale")
     cfg = record.config or {}
-    if cfg.get("advantage_estimator") == "grpo":
+    if cfg.get("advantage_estimator") in ("grpo", "igpo"):
         stored = np.asarray(record.advantages, dtype=float)
         return {"÷ √n": stored, "no rescale": stored}
     turns = torch.as_tensor(np.asarray(record.num_tool_turns, dtype=np.int64))
-    terms = reward_terms(torch.as_tensor(np.asarray(record.ig_norm, dtype=float)),
-                         torch.as_tensor(np.asarray(record.outcome_norm, dtype=float)), turns)
-    gamma = float(cfg.get("gamma", 1.0))
+    ig_norm = torch.as_tensor(np.asarray(record.ig_norm, dtype=float))
+    outcome_norm = torch.as_tensor(np.asarray(record.outcome_norm, dtype=float))
+    gamma, alpha = float(cfg.get("gamma", 1.0)), float(cfg.get("ig_alpha", 1.0))
     out = {}
     for label, rescale in (("÷ √n", "sqrt_n"), ("no rescale", "none")):
-        advantages, _ = accumulate(terms, turns, gamma=gamma, rescale=rescale)
-        out[label] = advantages[:, :-1].numpy()   # the extra column is turn T + 1, which no rollout reaches
+        ig_part, _ = accumulate(ig_norm, turns, gamma=gamma, rescale=rescale)
+        advantages = add_outcome(ig_part, outcome_norm, turns, alpha=alpha)
+        if cfg.get("ig_first_turn") == "none":
+            advantages = share_first_turn(advantages, turns)
+        out[label] = advantages.numpy()
     return out
 
 

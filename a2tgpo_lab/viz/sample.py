@@ -162,7 +162,7 @@ def sample_step_record(seed: int = 0, n_prompts: int = 4, group_size: int = 6, m
     import torch
 
     from ..advantages import broadcast_to_tokens, compute_advantages
-    from ..clipping import adaptive_clip_factor, clip_bounds
+    from ..clipping import clip_bounds, turn_clip_factors
     from ..info_gain import information_gain
     from ..loss import policy_loss
     from ..metrics import step_metrics
@@ -199,16 +199,12 @@ def sample_step_record(seed: int = 0, n_prompts: int = 4, group_size: int = 6, m
     turns_t = torch.tensor(num_tool_turns)
     prompt_t = torch.tensor(prompt_index)
     if cfg.uses_ig:
-        ig, p, nonfinite = information_gain(logp, turns_t, mode=cfg.ig_mode)
+        ig, p, nonfinite = information_gain(logp, turns_t, mode=cfg.ig_mode, first_turn=cfg.ig_first_turn)
     else:
         ig, p, nonfinite = torch.full((B, T), float("nan"), dtype=torch.float64), logp.exp(), 0
     # §3-§5: advantages and clip ranges.
     adv = compute_advantages(cfg, ig, torch.tensor(outcome), prompt_t, turns_t)
-    if cfg.adaptive_clip:
-        clip_factor = adaptive_clip_factor(adv.ig_norm, cfg.clip_beta, turns_t, outcome_norm=adv.outcome_norm,
-                                           answer_turn=cfg.answer_turn_clip)
-    else:
-        clip_factor = torch.ones(B, T, dtype=torch.float64)
+    clip_factor = turn_clip_factors(cfg, adv.ig_norm, adv.outcome_norm, turns_t)
     clip_low, clip_high = clip_bounds(clip_factor, cfg.epsilon, cfg.epsilon_high)
 
     # Tokens, and a policy that moved a little since sampling: each turn drifts by about one ε.
