@@ -93,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"prompts/step={cfg.num_prompts_per_step} G={cfg.num_generations} -> {cfg.output_dir}")
     trainer = A2TGPOTrainer(cfg, overwrite_output_dir=args.overwrite_output_dir,
                             allow_config_change=args.allow_config_change)
+    trainer.claim_output_dir()  # refuse a busy or foreign output_dir before the evaluation
     before = None
     if trainer.resumed_from is None and not args.skip_eval:
         before = trainer.evaluate(progress=True)

@@ -7,9 +7,9 @@
 The clip only acts once the ratio leaves 1, i.e. from the second optimizer step over the same
 rollouts on (several mini-batches or iterations per rollout batch).
 
-2σ(x) − 1 = tanh(x / 2), which is how it is computed (one op, symmetric around Ĩ = 0). c is a
+2σ(x) − 1 = tanh(x / 2), which is how it is computed (one op, symmetric around Î = 0). c is a
 constant of the loss: it never carries a gradient. In floating point c reaches the bound 1 ± β only
-for extreme Ĩ (|Ĩ| ≳ 15 in float32), far beyond what a z-score of G rollouts can take (≤ √(G − 1)).
+for extreme Î (|Î| ≳ 15 in float32), far beyond what a z-score of G rollouts can take (≤ √(G − 1)).
 Fixed clipping (GRPO, IGPO, the ``a2tgpo_fixed_clip`` ablation) is c = 1 everywhere.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def adaptive_clip_factor(ig_norm: torch.Tensor, beta: float, num_tool_turns: tor
             outcome were that turn's normalized IG).
 
     Returns:
-        c: [B, T], detached. Tool turns whose Ĩ was dropped (NaN) get c = 1; the terminal turn K_i + 1
+        c: [B, T], detached. Process turns whose Î was dropped (NaN) get c = 1; the terminal turn K_i + 1
         gets the ``answer_turn`` value (when K_i + 1 ≤ T); NaN past it.
     """
     if answer_turn not in ANSWER_TURN_CLIPS:
@@ -42,7 +42,7 @@ def adaptive_clip_factor(ig_norm: torch.Tensor, beta: float, num_tool_turns: tor
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta={beta!r} must be in [0, 1) so that c stays positive.")
     if answer_turn == "outcome" and outcome_norm is None:
-        raise ValueError("answer_turn='outcome' needs outcome_norm (the normalized outcomes õ, shape [B]).")
+        raise ValueError("answer_turn='outcome' needs outcome_norm (the normalized outcomes R̂, shape [B]).")
     ig_norm = ig_norm.detach()
     batch, width = ig_norm.shape
     turns = num_tool_turns.long().to(ig_norm.device)

@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import json
 import math
+import numbers
 import re
 import types
 import typing
@@ -49,6 +50,7 @@ NORMALIZATIONS = ("turn_group", "pooled")
 RESCALES = ("sqrt_n", "exact_gamma", "none")
 IG_MODES = ("prob", "logprob")
 IG_FIRST_TURNS = ("query", "none")
+IG_LAST_CONTEXTS = ("observation", "search")
 IGPO_NORMS = ("joint", "separate")
 RATIO_LEVELS = ("turn", "token")
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
@@ -80,6 +82,10 @@ class A2TGPOConfig:
     ig_first_turn: ``"query"`` (default, the paper): π̄_0 is the query-only probe, so the first tool
         call has an IG; ``"none"`` (released code): no query-only baseline, turn 1 has no IG and its
         tokens take turn 2's advantage and clip factor.
+    ig_last_context: where the probe context of the LAST process turn ends. ``"observation"``
+        (default, the paper's Eq. 2: after its observation, like every other turn); ``"search"``
+        (released code: right after the turn's own tokens, i.e. its search's closing tag, before the
+        observation, so the last IG scores the query rather than what it retrieved).
     normalization: ``"turn_group"`` (default, A²TGPO Eq. 6-7): z-score IG inside each (prompt,
         turn-index) group; ``"pooled"`` (ablation ``a2tgpo_pooled``): one z-score of IG over all turns.
     igpo_norm: IGPO estimator only. ``"joint"`` (default, the A²TGPO paper's Eq. 4): one z-score per
@@ -211,6 +217,7 @@ class A2TGPOConfig:
     advantage_estimator: str = "a2tgpo"
     ig_mode: str = "prob"
     ig_first_turn: str = "query"
+    ig_last_context: str = "observation"
     normalization: str = "turn_group"
     igpo_norm: str = "joint"
     min_group_size: int = 2
@@ -312,6 +319,7 @@ class A2TGPOConfig:
             "rescale": RESCALES,
             "ig_mode": IG_MODES,
             "ig_first_turn": IG_FIRST_TURNS,
+            "ig_last_context": IG_LAST_CONTEXTS,
             "igpo_norm": IGPO_NORMS,
             "ratio_level": RATIO_LEVELS,
             "loss_agg_mode": LOSS_AGG_MODES,
@@ -383,6 +391,9 @@ class A2TGPOConfig:
         bool, ``"1e-4"`` is not a number, and no float setting may be NaN or infinite."""
         for name, hint in _field_types(type(self)).items():
             value = getattr(self, name)
+            if hint in (int, float) and isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                value = hint(value) if hint is float or isinstance(value, numbers.Integral) else value
+                setattr(self, name, value)  # a NumPy / torch scalar: store the plain Python number
             expected = type_problem(value, hint)
             if expected is not None:
                 unquote = "; write it without quotes" if isinstance(value, str) else ""
@@ -533,11 +544,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "igpo_tg": dict(_A2TGPO, rescale="none", adaptive_clip=False),
     "igpo_tg_rescale": dict(_A2TGPO, adaptive_clip=False),
     "a2tgpo": dict(_A2TGPO),
-    # The authors' released script: log-prob IG without the query-only baseline, a 1e-8 variance guard,
-    # α 0.3 and token-mean aggregation. (Its IG contexts and probe text are not reproduced: the IG probe is
-    # the package's own; see ALGORITHM.md §1.)
-    "a2tgpo_code": dict(_A2TGPO, ig_mode="logprob", ig_first_turn="none", var_eps=1e-8, ig_alpha=0.3,
-                        loss_agg_mode="token-mean"),
+    # The authors' released script: log-prob IG without the query-only baseline, the last turn's IG context
+    # cut before its observation, a 1e-8 variance guard, α 0.3 and token-mean aggregation. (Its probe text,
+    # "Now there's enough information to answer" + tags, is not reproduced: the probe suffix stays the
+    # protocol's own answer turn; see ALGORITHM.md §1.)
+    "a2tgpo_code": dict(_A2TGPO, ig_mode="logprob", ig_first_turn="none", ig_last_context="search", var_eps=1e-8,
+                        ig_alpha=0.3, loss_agg_mode="token-mean"),
     # One-off ablations of a2tgpo: each removes one idea.
     "a2tgpo_pooled": dict(_A2TGPO, normalization="pooled"),
     "a2tgpo_no_rescale": dict(_A2TGPO, rescale="none"),

@@ -72,3 +72,21 @@ def information_gain(probe_logprob_mean: torch.Tensor, num_tool_turns: torch.Ten
     dropped = is_tool_turn & ~torch.isfinite(ig)
     ig = torch.where(is_tool_turn & ~dropped, ig, nan)
     return ig, p, int(dropped.sum())
+
+
+def search_context_ends(context_ends: torch.Tensor, turn_ids: torch.Tensor,
+                        num_tool_turns: torch.Tensor) -> torch.Tensor:
+    """The probe contexts of the released code (``ig_last_context="search"``): as ``context_ends``, but the
+    last process turn K_i's context ends right after that turn's own tokens (its search's closing tag),
+    before its observation. Every other context still includes its turn's observation.
+
+    context_ends: [B, T+1] long, c_t's end for t = 0 .. K_i; turn_ids: [B, L]; num_tool_turns: [B].
+    Returns a new [B, T+1] tensor; rows with K_i = 0 are unchanged.
+    """
+    turns = num_tool_turns.long().to(turn_ids.device)
+    position = torch.arange(1, turn_ids.shape[1] + 1, device=turn_ids.device)[None, :]
+    last_turn_end = torch.where(turn_ids == turns[:, None], position, 0).amax(dim=1)          # [B]
+    ends = context_ends.clone()
+    rows = (turns >= 1).nonzero().flatten()
+    ends[rows, turns[rows]] = last_turn_end[rows].to(ends.dtype)
+    return ends

@@ -108,13 +108,14 @@ class StepRecord:
         ig [B, T]: raw IG of each tool turn, NaN where no tool turn (or the probe was NaN/inf).
         ig_nonfinite_count: how many IG terms were dropped as NaN/inf.
     Normalization (§3)
-        ig_norm [B, T]: normalized IG Ĩ (0 for singleton / constant groups), NaN where no tool turn.
+        ig_norm [B, T]: normalized IG Î (0 for singleton / constant groups; IGPO: the jointly normalized
+            IG), NaN where no tool turn.
         group_id [B, T] (prompt_index * T + k - 1; -1 where none), group_size [B, T] (0 where none).
-        outcome_norm [B]: õ, the outcome z-scored over the rollouts of the same prompt.
+        outcome_norm [B]: R̂, the outcome z-scored over the rollouts of the same prompt.
         zero_std_group_frac: share of IG groups (size ≥ 2) treated as constant.
     Accumulation (§4)
-        advantages [B, T]: A_{i,t} per turn as trained (after the configured rescale), NaN past the
-            terminal turn; advantages_unscaled [B, T]: the same discounted sums without rescale.
+        advantages [B, T]: Â_{i,t} per turn as trained (α·D/√n + R̂ on process turns, R̂ on the answer
+            turn), NaN past the terminal turn; advantages_unscaled [B, T]: the same without the √n.
     Clipping (§5, §6)
         clip_factor [B, T]: c_{i,k} (1 for the fixed-clip estimators); clip_low / clip_high [B, T]:
             the ratio bounds 1 − c·ε_low and 1 + c·ε_high.

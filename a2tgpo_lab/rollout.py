@@ -98,7 +98,9 @@ class _CachedBatch:
         self.mask = None
         self.next_position = None
         self.rows: list[int] = []
-        self.retired: Optional[dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]]] = {} if keep_kv else None
+        # with keep_kv: (rollouts, their real-token counts, per-layer keys, per-layer values) of each retired group
+        self.retired: Optional[list[tuple[list[int], torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]] = (
+            [] if keep_kv else None)
 
     def start(self, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
         """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``.
@@ -131,12 +133,22 @@ class _CachedBatch:
         self.mask, self.next_position, self.rows = self.mask[index], self.next_position[index], list(rows)
 
     def retire(self, rows: list[int]) -> None:
-        """Keep the compacted cache of rollouts ``rows`` (each layer's [H, n_real, D] keys and values)."""
+        """Keep the cache of rollouts ``rows`` with the holes removed: each row's real columns moved to the
+        front (a stable sort of the columns by "is a hole" keeps their order), as [n, H, C, D] per layer."""
+        if not rows:
+            return
         where = {row: i for i, row in enumerate(self.rows)}
-        for row in rows:
-            real = self.mask[where[row]].nonzero().squeeze(1)
-            self.retired[row] = ([layer.keys[where[row]][:, real] for layer in self.cache.layers],
-                                 [layer.values[where[row]][:, real] for layer in self.cache.layers])
+        index = torch.tensor([where[row] for row in rows], device=self.device)
+        mask = self.mask[index]
+        counts = mask.sum(dim=1)
+        width = int(counts.max())
+        columns = torch.sort(1 - mask, dim=1, stable=True).indices[:, :width]         # [n, C] real columns first
+        keys, values = [], []
+        for layer in self.cache.layers:
+            gather = columns[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            keys.append(layer.keys[index].gather(2, gather))
+            values.append(layer.values[index].gather(2, gather))
+        self.retired.append((list(rows), counts, keys, values))
 
     def feed(self, chunks: list[list[int]]) -> torch.Tensor:
         """Append ``chunks[i]`` (possibly empty) to cache row i; return next-token logits [N, V].
@@ -187,17 +199,20 @@ class KVPrefix:
         return DynamicCache([(k[index, :, :width], v[index, :, :width]) for k, v in zip(self.keys, self.values)])
 
 
-def _kv_prefix(retired: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]], batch: int) -> KVPrefix:
-    """Stack the retired rows (rollout order) into right-padded [B, H, C, D] tensors per layer."""
-    lengths = torch.tensor([retired[b][0][0].shape[1] for b in range(batch)])
+def _kv_prefix(retired, batch: int) -> KVPrefix:
+    """Stack the retired groups into right-padded [B, H, C, D] tensors per layer, rows in rollout order."""
+    lengths = torch.zeros(batch, dtype=torch.long)
+    for rows, counts, _, _ in retired:
+        lengths[rows] = counts.cpu()
     width = int(lengths.max())
     keys, values = [], []
-    for layer in range(len(retired[0][0])):
-        for parts, out in ((0, keys), (1, values)):
-            first = retired[0][parts][layer]
-            stacked = first.new_zeros(batch, first.shape[0], width, first.shape[2])
-            for b in range(batch):
-                stacked[b, :, : lengths[b]] = retired[b][parts][layer]
+    for layer in range(len(retired[0][2])):
+        for part, out in ((2, keys), (3, values)):
+            first = retired[0][part][layer]
+            stacked = first.new_zeros(batch, first.shape[1], width, first.shape[3])
+            for group in retired:
+                tensor = group[part][layer]
+                stacked[torch.tensor(group[0], device=tensor.device), :, : tensor.shape[2]] = tensor
             out.append(stacked)
     return KVPrefix(keys, values, lengths)
 

@@ -16,6 +16,7 @@ the JSONL log gets its metrics, and the dashboard draws it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -169,7 +170,7 @@ class A2TGPOTrainer:
         """Run one RL step (see the module docstring) and return its record."""
         from .advantages import broadcast_to_tokens, compute_advantages
         from .clipping import clip_bounds, turn_clip_factors
-        from .info_gain import information_gain
+        from .info_gain import information_gain, search_context_ends
         from .probe import score_probes
         from .rollout import generate_rollouts, recompute_old_logprobs
 
@@ -193,7 +194,9 @@ class A2TGPOTrainer:
             B, T = traj.batch_size, traj.max_turns
             if cfg.uses_ig:
                 with phases("ig_forward"):
-                    probe_logprob_mean, probe_text = score_probes(model, self.tokenizer, traj, cfg,
+                    probed = traj if cfg.ig_last_context == "observation" else dataclasses.replace(
+                        traj, context_ends=search_context_ends(traj.context_ends, traj.turn_ids, traj.num_tool_turns))
+                    probe_logprob_mean, probe_text = score_probes(model, self.tokenizer, probed, cfg,
                                                                   reuse_cache=cfg.probe_reuse_cache)
                     ig, p, nonfinite = information_gain(probe_logprob_mean, traj.num_tool_turns, mode=cfg.ig_mode,
                                                         first_turn=cfg.ig_first_turn)
@@ -478,7 +481,8 @@ class A2TGPOTrainer:
         metrics = evaluate_agent(self.model, self.tokenizer, examples, self.tool, self.cfg, progress=progress)
         metrics["step"] = float(self.global_step)
         if self.history and self.history[-1].get("step") == float(self.global_step - 1):
-            self.history[-1].update(metrics)
+            # joins the row of the step it follows, keeping that row's step (it is also the record's metrics)
+            self.history[-1].update({key: value for key, value in metrics.items() if key != "step"})
         else:
             self.history.append(dict(metrics))
         from .rundir import append_jsonl
@@ -519,8 +523,8 @@ class A2TGPOTrainer:
                 candidates = [Path(checkpoint)]
             failures = []
             for path in candidates:
-                self._check_config_matches(path)
                 try:
+                    self._check_config_matches(path)  # a different config is an error, not a reason to fall back
                     self.global_step, self.history, run_id = load_checkpoint(path, self.model, self.optimizer,
                                                                              self.scheduler)
                     break
@@ -547,6 +551,12 @@ class A2TGPOTrainer:
             raise ConfigError(f"{checkpoint} was trained with another config: {listed}. Resume with the run's own "
                               "settings (the CLI reads them from the checkpoint when you pass no --preset / --config), "
                               "or pass allow_config_change=True (--allow_config_change) to resume anyway.")
+
+    def claim_output_dir(self) -> None:
+        """Take ``output_dir`` for this run now rather than at the first write (train, evaluate, save do it
+        then): a directory holding another run is refused before any time is spent."""
+        with self._lock:
+            self._claim_output_dir()
 
     def _claim_output_dir(self) -> None:
         """Before this trainer first writes to ``output_dir`` (the lock is held): refuse a directory holding

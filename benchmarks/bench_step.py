@@ -96,9 +96,10 @@ def alternate(run, configs: dict, repeats: int) -> dict[str, dict[str, float]]:
     samples = {name: [] for name in configs}
     for name, cfg in configs.items():  # warm-up: first calls pay one-off costs
         run(cfg)
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for name, cfg in configs.items():
             samples[name].append(run(cfg))
+        print(f"  round {round_ + 1}/{repeats} done, load average {load()}", file=sys.stderr, flush=True)
     return {name: {key: statistics.median(s[key] for s in rows) for key in rows[0]} for name, rows in samples.items()}
 
 
@@ -110,7 +111,7 @@ def print_split(medians: dict[str, dict[str, float]], baseline: str) -> None:
 
 
 def load() -> str:
-    return os.getloadavg().__repr__()
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def split_benchmark(args, model, tokenizer, world) -> None:

@@ -41,6 +41,7 @@ LADDER = ("grpo", "igpo", "igpo_tg", "igpo_tg_rescale", "a2tgpo", "a2tgpo_code")
 # The paper's Table 2 (Qwen3-4B, multi-hop average EM, %): the column beside ours.
 PAPER_EM = {"grpo": 46.02, "igpo": 44.88, "igpo_tg": 46.27, "igpo_tg_rescale": 46.71, "a2tgpo": 48.06}
 IG_BUCKETS = (-math.inf, -1.0, -0.25, 0.25, 1.0, math.inf)
+COLORS = dict(zip(LADDER, ("#7f7f7f", "#ff7f0e", "#2ca02c", "#9467bd", "#1f77b4", "#17becf")))
 
 
 # ----------------------------------------------------------------------------------------------- running
@@ -290,10 +291,13 @@ def mechanisms(rows: list[dict]) -> dict:
     for (rung, key), turns in per_turn.items():
         out["fig4"].setdefault(rung, {})[key] = {
             str(t): {"mean": float(np.mean(v)), "sd": float(np.std(v)), "n": len(v)} for t, v in sorted(turns.items())}
-    for rung, stats in out["fig4"].items():  # ΔĀ_t: the per-turn mean of normalized IG, minus 0 (its ideal)
+    for rung, stats in out["fig4"].items():  # drift: |per-turn mean of normalized IG| (0 for an unbiased z-score)
         norm = stats.get("ig_norm", {})
-        stats["delta_A"] = {t: abs(v["mean"]) for t, v in norm.items()}
-        stats["delta_A_mean"] = float(np.mean(list(stats["delta_A"].values()))) if norm else float("nan")
+        stats["drift"] = {t: abs(v["mean"]) for t, v in norm.items()}
+        stats["drift_mean"] = float(np.mean(list(stats["drift"].values()))) if norm else float("nan")
+    if {"igpo", "a2tgpo"} <= set(out["fig4"]):  # ΔĀ_t = Ā_t(A²TGPO) − Ā_t(IGPO) on the same batches
+        a, b = out["fig4"]["a2tgpo"]["advantages"], out["fig4"]["igpo"]["advantages"]
+        out["fig4"]["delta_adv"] = {t: a[t]["mean"] - b[t]["mean"] for t in a if t in b}
     for row in rows:
         series = out["fig5"].setdefault(row["rung"], defaultdict(lambda: {"min": [], "max": [], "mean": []}))
         for s in row["train"]:
@@ -366,7 +370,7 @@ def figures(rows: list[dict], img_dir: Path, prefix: str) -> list[Path]:
     for name, points in curves(rows).items():
         steps = [int(s) for s in points]
         mean = [v[0] for v in points.values()]
-        fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines+markers", name=name, line=dict(color=COLORS.get(name))))
     fig.update_layout(title="Dev-subset EM during training (mean over seeds)", xaxis_title="RL step",
                       yaxis_title="greedy EM")
     save(fig, "curves")
@@ -375,31 +379,37 @@ def figures(rows: list[dict], img_dir: Path, prefix: str) -> list[Path]:
     if mech["fig4"]:
         fig = make_subplots(rows=1, cols=3, subplot_titles=("raw IG", "normalized IG", "advantage"))
         for rung, stats in mech["fig4"].items():
+            if rung == "delta_adv":
+                continue
             for col, key in enumerate(("ig", "ig_norm", "advantages"), start=1):
                 turns = stats.get(key, {})
                 fig.add_trace(go.Bar(x=[f"turn {t}" for t in turns], y=[v["mean"] for v in turns.values()],
                                      error_y=dict(array=[v["sd"] for v in turns.values()]), name=rung,
                                      legendgroup=rung, showlegend=col == 1,
-                                     marker_color="#1f77b4" if rung == "a2tgpo" else "#ff7f0e"), row=1, col=col)
+                                     marker_color=COLORS[rung]), row=1, col=col)
         fig.update_layout(title="Per-turn credit on the same step-0 batches (mean ± sd over rollouts)",
                           barmode="group")
         save(fig, "fig4_per_turn", width=900)
     if mech["fig5"]:
         fig = go.Figure()
         for rung, series in mech["fig5"].items():
+            if rung not in ("grpo", "igpo", "a2tgpo"):  # the paper's Fig. 5 trio
+                continue
             steps = [int(s) for s in series]
             for key, dash in (("max", "dot"), ("mean", "solid"), ("min", "dot")):
                 fig.add_trace(go.Scatter(x=steps, y=[v[key] for v in series.values()], mode="lines", name=f"{rung} {key}",
-                                         line=dict(dash=dash)))
+                                         line=dict(dash=dash, color=COLORS.get(rung)), legendgroup=rung,
+                                         showlegend=key == "mean"))
         fig.update_layout(title="Advantage min / mean / max per step (mean over seeds)", xaxis_title="RL step")
         save(fig, "fig5_adv_range")
     if mech["clip_by_ig"]:
         fig = make_subplots(rows=1, cols=2, subplot_titles=("mean clip factor c", "share of turn tokens clipped"))
         for rung, buckets in mech["clip_by_ig"].items():
+            color = COLORS.get(rung)
             fig.add_trace(go.Bar(x=list(buckets), y=[v["c_mean"] for v in buckets.values()], name=rung,
-                                 legendgroup=rung), row=1, col=1)
+                                 legendgroup=rung, marker_color=color), row=1, col=1)
             fig.add_trace(go.Bar(x=list(buckets), y=[v["clipped_share"] for v in buckets.values()], name=rung,
-                                 legendgroup=rung, showlegend=False), row=1, col=2)
+                                 legendgroup=rung, showlegend=False, marker_color=color), row=1, col=2)
         fig.update_layout(title="Clip band and clipping by normalized-IG bucket of the turn", barmode="group")
         save(fig, "clip_by_ig", width=900)
     return written

@@ -286,7 +286,6 @@ print(f"\nthis step: {spreads.size} IG groups of size ≥ 2; std exactly 0: {(sp
 import dataclasses
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 
 
 def renormalized(record, normalization, var_eps, std_floor, center_only, min_group_size):
@@ -308,7 +307,7 @@ controls = dict(
     center_only=widgets.Checkbox(value=False, description="centre only"),
     min_group_size=widgets.IntSlider(value=2, min=1, max=GENERATIONS, description="min size"))
 readout = widgets.HTML(f"constant groups (size ≥ max(2, min size)): {record.zero_std_group_frac:.2f}")
-heatmap = go.FigureWidget(viz.group_heatmap_figure(record))
+heatmap = viz.figure_widget(viz.group_heatmap_figure(record))
 
 
 def redraw(*_):

@@ -181,7 +181,7 @@ def depth_figure(gamma):
 
 
 gamma = widgets.FloatSlider(value=0.9, min=0.5, max=1.0, step=0.05, description="γ", continuous_update=False)
-simulated, real = go.FigureWidget(spread_figure(gamma.value)), go.FigureWidget(depth_figure(gamma.value))
+simulated, real = viz.figure_widget(spread_figure(gamma.value)), viz.figure_widget(depth_figure(gamma.value))
 
 
 def redraw(change):

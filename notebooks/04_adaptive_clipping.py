@@ -16,6 +16,7 @@
 # - why clipping only acts with several optimizer steps per rollout batch, shown on a real batch;
 # - the clip explorer: move β, ε, Î and the sign of A and watch the band and the gradient;
 # - fixed vs adaptive clipping on the same real step, and which tokens got clipped.
+# - when IG misleads on real rollouts: the first search's IG, and correct later hops with a negative IG.
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one

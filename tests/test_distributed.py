@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import zlib
@@ -95,8 +96,11 @@ def test_two_processes_match_one(tmp_path):
         pytest.skip("the accelerate launcher is not on PATH")
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable], one)
+    with socket.socket() as probe:         # a free port, so parallel runs do not collide on the default 29500
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     _run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no"], two)
+          "--dynamo_backend", "no", "--main_process_port", str(port)], two)
 
     from a2tgpo_lab.config import preset
     from a2tgpo_lab.models import load_model_and_tokenizer
@@ -109,8 +113,8 @@ def test_two_processes_match_one(tmp_path):
         gap = torch.cat([(double[k] - single[k]).flatten() for k in single])
         assert update.norm() > 0, "training changed nothing"
         # Adam turns float-summation noise in near-zero gradients into ±lr-sized steps, so compare the updates
-        # as a whole: the two runs' updates agree to within 1% of the update.
-        assert gap.norm() < 1e-2 * update.norm(), (mode, float(gap.norm() / update.norm()))
+        # as a whole: the two runs' updates agree to within 0.1% of the update (measured: 5e-5).
+        assert gap.norm() < 1e-3 * update.norm(), (mode, float(gap.norm() / update.norm()))
         # the gradient (its global norm, after the sum over processes) and the reward are those of one process
         m1, m2 = json.loads((one / f"{mode}.json").read_text()), json.loads((two / f"{mode}.json").read_text())
         for step in range(2):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from a2tgpo_lab.info_gain import information_gain
+from a2tgpo_lab.info_gain import information_gain, search_context_ends
 
 NAN = math.nan
 
@@ -76,3 +76,13 @@ def test_bad_input_names_the_field(scores, turns, match):
 def test_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
         information_gain(torch.zeros(1, 2), torch.tensor([1]), mode="ratio")
+
+
+def test_search_context_ends_cut_only_the_last_process_turn_before_its_observation():
+    # row 0: prompt [0, 3), turn 1 [3, 5), obs [5, 7), turn 2 [7, 9), obs [9, 11), answer turn 3 [11, 12)
+    turn_ids = torch.tensor([[0, 0, 0, 1, 1, 0, 0, 2, 2, 0, 0, 3],
+                             [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]])
+    context_ends = torch.tensor([[3, 7, 11, -1], [2, -1, -1, -1]])
+    ends = search_context_ends(context_ends, turn_ids, torch.tensor([2, 0]))
+    assert ends.tolist() == [[3, 7, 9, -1], [2, -1, -1, -1]]
+    assert context_ends.tolist() == [[3, 7, 11, -1], [2, -1, -1, -1]]      # the input is left alone

@@ -196,3 +196,16 @@ def test_evaluation_reports_em_per_data_source():
     metrics = summarize_eval(rows)
     assert metrics["eval/em/source_nq"] == 0.5 and metrics["eval/em/source_hotpotqa"] == 1.0
     assert metrics["eval/em"] == 0.5 and not any(key.endswith("source_") for key in metrics)
+
+
+def test_eval_dataset_is_evaluated_whole_and_dataset_trains_whole(tmp_path):
+    from a2tgpo_lab import A2TGPOConfig
+    from a2tgpo_lab.trainer import _resolve_examples
+
+    train = write_parquet(tmp_path / "train.parquet", [verl_row(f"t{i}?", ["x"], "nq", i) for i in range(20)])
+    test = write_parquet(tmp_path / "test.parquet", [verl_row(f"e{i}?", ["y"], "popqa", i) for i in range(5)])
+    held_out = _resolve_examples(A2TGPOConfig(dataset=str(train)), None, None)
+    assert [len(part) for part in held_out] == [18, 2]
+    training, evaluation = _resolve_examples(A2TGPOConfig(dataset=str(train), eval_dataset=str(test)), None, None)
+    assert len(training) == 20 and [e.question for e in evaluation] == [f"e{i}?" for i in range(5)]
+    assert {e.data_source for e in evaluation} == {"popqa"}

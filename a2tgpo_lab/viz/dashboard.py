@@ -21,8 +21,9 @@ still draws live (from its own thread), and Kernel → Interrupt saves and stops
 How it keeps out of training's way: ``on_step_end`` runs on the training thread and only appends
 the record to a list (under a lock held for that append) and marks the view dirty. A separate
 refresher thread redraws at most once every ``update_interval`` seconds, building each figure with
-the pure builders and copying it into a FigureWidget created once (one ``batch_update`` each). Only
-the visible tab is drawn; the others are drawn when opened. A redraw is Python work that competes
+the pure builders and showing it whole in a :class:`~a2tgpo_lab.viz.live.FigureOutput` (one message
+each; nothing depends on an earlier message having arrived). Only the selected tab is drawn; the
+others are drawn when opened. A redraw is Python work that competes
 with training for the interpreter, so the refresher also waits ``last redraw time / max_busy``
 between redraws (at most ``MAX_GAP_S``): it takes about ``max_busy`` of the time at most
 (``benchmarks/bench_dashboard_overhead.py`` measures it). ``Dashboard.from_records(records)`` shows
@@ -41,7 +42,7 @@ from .clip_figures import clip_fraction_figure, clip_range_figure, ratio_figure
 from .credit_figures import credit_flow_figure, ig_misleads_figure, tool_calls_histogram_figure
 from .ig_figures import group_heatmap_figure, ig_per_rollout_figure
 from .inspector import RolloutInspector, rollout_html
-from .live import figure_widget, sync_figure
+from .live import FigureOutput, json_safe
 from .run_figures import (advantage_range_figure, entropy_figure, learning_curve_figure, response_length_figure,
                           step_time_figure)
 from .static import PLOTLY_MIME, StaticFallback, figure_html
@@ -142,11 +143,10 @@ class Dashboard(StaticFallback):
                                              continuous_update=False, layout=widgets.Layout(width="420px"))
         self.step_label = widgets.Label("no step yet")
         self.follow = widgets.Checkbox(value=True, description="follow latest", indent=False)
-        # One FigureWidget per area, the tabs choose what it draws: each FigureWidget carries plotly's
-        # whole browser bundle (~5 MB) to the page, so a widget per tab would make the page slow to open.
-        self.history_figure = figure_widget(training_curves_figure([]))
-        self.record_figure = figure_widget(height=360)
-        self._record_figure_box = widgets.VBox([self.record_figure], layout=widgets.Layout(width="100%"))
+        # One plot per area, the tabs choose what it draws (see viz.live.FigureOutput: whole figures, so a
+        # redraw from the refresher thread never depends on an earlier message having reached the browser).
+        self.history_plot = FigureOutput()
+        self.record_plot = FigureOutput()
         self.inspector = RolloutInspector()
         self.inspector.widget.layout.display = "none"
         self.history_tabs = widgets.Tab(children=[widgets.Box() for _ in HISTORY_VIEWS], titles=list(HISTORY_VIEWS),
@@ -157,8 +157,8 @@ class Dashboard(StaticFallback):
         self.controls = widgets.HBox([self.pause_button, self.resume_button, self.stop_button],
                                      layout=widgets.Layout(display="none"))   # shown once a trainer is attached
         self.widget = widgets.VBox([
-            self.controls, self.status, self.history_tabs, self.history_figure,
-            widgets.HBox([self.step_slider, self.step_label, self.follow]), self.record_tabs, self._record_figure_box,
+            self.controls, self.status, self.history_tabs, self.history_plot.widget,
+            widgets.HBox([self.step_slider, self.step_label, self.follow]), self.record_tabs, self.record_plot.widget,
             self.inspector.widget, self.results], layout=full)
         self.pause_button.on_click(lambda _: self._control("pause", "pausing after the current step …"))
         self.resume_button.on_click(lambda _: self._control("resume", "running"))
@@ -267,9 +267,8 @@ class Dashboard(StaticFallback):
                 if isinstance(item, str):
                     outputs.append({"output_type": "display_data", "data": {"text/html": item}, "metadata": {}})
                 elif item is not None:
-                    fig = item
                     outputs.append({"output_type": "display_data", "metadata": {}, "data": {
-                        PLOTLY_MIME: json_safe_figure(fig), "text/html": figure_html(fig)}})
+                        PLOTLY_MIME: json_safe(item.to_plotly_json()), "text/html": figure_html(item)}})
         if outputs:
             self.results.outputs = tuple(outputs)
 
@@ -328,7 +327,7 @@ class Dashboard(StaticFallback):
         """Draw the selected history tab."""
         with self._draw_lock:
             name = list(HISTORY_VIEWS)[self.history_tabs.selected_index or 0]
-            sync_figure(self.history_figure, _drawn_or_reason(HISTORY_VIEWS[name], self.history()))
+            self.history_plot.show(_drawn_or_reason(HISTORY_VIEWS[name], self.history()))
 
     def selected_record(self) -> Any:
         """The StepRecord the step slider points at (None before the first step)."""
@@ -355,11 +354,11 @@ class Dashboard(StaticFallback):
                 return
             rollouts = name == ROLLOUTS_TAB
             self.inspector.widget.layout.display = "flex" if rollouts else "none"
-            self._record_figure_box.layout.display = "none" if rollouts else "flex"
+            self.record_plot.widget.layout.display = "none" if rollouts else "flex"
             if rollouts:
                 self.inspector.load_record(record)
             else:
-                sync_figure(self.record_figure, _drawn_or_reason(RECORD_VIEWS[name], record))
+                self.record_plot.show(_drawn_or_reason(RECORD_VIEWS[name], record))
             self._drawn = (name, id(record))
 
     def _on_slider(self, change) -> None:
@@ -433,9 +432,3 @@ class Dashboard(StaticFallback):
         rollout = shown if shown is not None and shown < len(record.questions) else 0
         return f"<div>{self.status.value}</div>{rollout_html(record, rollout)}"
 
-
-def json_safe_figure(fig) -> dict:
-    """A figure as plotly JSON that Jupyter's messages can carry (NaN → null)."""
-    from .live import json_safe
-
-    return json_safe(fig.to_plotly_json())

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .style import TEMPLATE, check_record, prompt_color, turn_color
+from .style import PROMPT_COLORS, TEMPLATE, check_record, prompt_color, turn_color
 
-VALUES = {"ig": "raw IG  (p_k − p_{k−1})", "ig_norm": "normalized IG Ĩ", "p": "probe p(gold) after turn t"}
+VALUES = {"ig": "raw IG = pₖ − pₖ₋₁", "ig_norm": "normalized IG Ĩ", "p": "probe p(gold) after turn t"}
 
 
 def _rows_by_prompt(record) -> np.ndarray:
@@ -61,6 +61,8 @@ def ig_per_rollout_figure(record, value: str = "ig"):
     x = turn index k (for ``value="p"``: t = 0 .. K_i, t = 0 being the question alone), slightly
     offset per rollout so identical rollouts stay visible; colour = prompt (a legend click hides the
     prompt's rollouts); marker ● = positive outcome, ✕ = not. Each trace's ``meta`` holds its rollout.
+    With more prompts than colours (a big batch) the lines are thin and translucent, with no legend
+    (hover names the rollout), and the black line is the mean over all rollouts per turn.
     """
     import plotly.graph_objects as go
 
@@ -71,6 +73,7 @@ def ig_per_rollout_figure(record, value: str = "ig"):
     traces = []
     rank_in_prompt: dict[int, int] = {}
     group_size = max(1, int(np.bincount(np.asarray(record.prompt_index)).max()))
+    crowded = len(set(np.asarray(record.prompt_index).tolist())) > len(PROMPT_COLORS)
     for i in _rows_by_prompt(record):
         q, k_i = int(record.prompt_index[i]), int(record.num_tool_turns[i])
         turns = np.arange(0, k_i + 1) if value == "p" else np.arange(1, k_i + 1)
@@ -83,13 +86,19 @@ def ig_per_rollout_figure(record, value: str = "ig"):
                    for k in turns]
         traces.append(go.Scatter(
             x=turns + offset, y=y, mode="lines+markers", name=f"prompt {q}", legendgroup=f"q{q}",
-            showlegend=rank == 0, meta={"rollout": int(i)},
-            line=dict(color=prompt_color(q), width=1.5),
+            showlegend=rank == 0 and not crowded, meta={"rollout": int(i)}, opacity=0.45 if crowded else 1.0,
+            line=dict(color=prompt_color(q), width=1 if crowded else 1.5),
             marker=dict(symbol="circle" if record.outcome_reward[i] > 0 else "x", size=8),
             customdata=np.stack([np.full(turns.size, i), turns, np.array(queries, dtype=object)], axis=1),
             hovertemplate="rollout %{customdata[0]} · turn %{customdata[1]}<br>%{customdata[2]}<br>"
                           + value + " = %{y:.4g}<extra></extra>"))
     fig = go.Figure(data=traces)
+    if crowded:
+        columns = [(t, series[:, t] if value == "p" else series[:, t - 1])
+                   for t in range(0 if value == "p" else 1, series.shape[1] + (0 if value == "p" else 1))]
+        means = [(t, float(np.nanmean(c))) for t, c in columns if np.isfinite(c).any()]
+        fig.add_trace(go.Scatter(x=[t for t, _ in means], y=[m for _, m in means], mode="lines+markers",
+                                 name="mean over rollouts", line=dict(color="black", width=3)))
     if value != "p":
         fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"))
     fig.update_layout(template=TEMPLATE, height=380, title=f"{VALUES[value]} per rollout (step {record.step})",

@@ -94,6 +94,15 @@ def _badge(record, i: int, k: int) -> str:
             + " · ".join(parts) + "</span>")
 
 
+def probe_text_for(record, i: int) -> str:
+    """The probe suffix as rollout ``i`` is scored: the record keeps rollout 0's (with its gold answer), and
+    the suffix differs between rollouts only in the gold answer at its end."""
+    text = record.probe_text or ""
+    first, gold = record.answers[0][0] if record.answers[0] else "", record.answers[i][0] if record.answers[i] else ""
+    cut = text.rfind(first) if first else -1
+    return text if cut < 0 or first == gold else text[:cut] + gold + text[cut + len(first):]
+
+
 def rollout_html(record, i: int, color_by: str = "turn") -> str:
     """HTML of rollout ``i`` of ``record``: a summary line, the per-turn table, the probe, the tokens."""
     check_record(record, "rollout_html")
@@ -137,8 +146,9 @@ def rollout_html(record, i: int, color_by: str = "turn") -> str:
                f"<b>{html.escape(str(record.final_answer[i]))}</b> · reward {reward:+.2f} · õ "
                f"{_fmt(record.outcome_norm[i], 2)} · {int(record.num_tool_turns[i])} searches · ended: "
                f"{html.escape(record.end_reason[i])}")
-    probe = (f"<div style='font-size:12px;color:#555'>IG probe suffix (teacher-forced after every turn; shown with "
-             f"rollout 0's gold): <code>{html.escape(record.probe_text or '(none: no IG in this run)')}</code></div>")
+    probe = (f"<div style='font-size:12px;color:#555'>IG probe suffix (teacher-forced after every turn, scoring "
+             f"this rollout's gold): <code>{html.escape(probe_text_for(record, i) or '(none: no IG in this run)')}"
+             "</code></div>")
     return (f"<div class='a2tgpo-rollout' style='font-size:13px;line-height:1.9'>{summary}{_turn_table(record, i)}"
             f"{probe}{_legend(record, i, color_by)}<div>{''.join(chips)}</div></div>")
 

@@ -1,4 +1,15 @@
-"""Updating a ``plotly.graph_objects.FigureWidget`` in place from a freshly built (pure) figure.
+"""Live plots: a ``FigureOutput`` for views redrawn from a background thread, and updating a
+``plotly.graph_objects.FigureWidget`` in place for views driven by their own controls.
+
+``FigureOutput`` (the dashboard's plots) holds the whole latest figure as plotly's JSON in an
+``ipywidgets.Output``: every redraw replaces it, so nothing depends on earlier messages having
+arrived. A FigureWidget instead sends *edits*, and the browser drops the edits that arrive before
+the widget's model exists there (the first seconds after it is created, longer on a busy machine):
+a plot that missed its first traces stays empty for good. Each FigureWidget also carries plotly's
+~5 MB browser bundle. So FigureWidgets suit views created and displayed once, then changed by a
+user (the clip explorer), and ``FigureOutput`` suits a view fed by training.
+
+For FigureWidgets, :func:`sync_figure`:
 
 The views build every figure with the pure builders, then copy it into a FigureWidget that was
 created once. Three things make that reliable in a browser, also from a background thread:
@@ -95,3 +106,30 @@ def sync_figure(widget, fig) -> None:
     # The whole state, for a plot drawn after the edits were sent (see the module docstring).
     widget._widget_data = copy.deepcopy(widget._data)
     widget._widget_layout = copy.deepcopy(widget._layout_obj._props)
+
+
+class FigureOutput:
+    """A plot area showing the latest figure whole: ``show(fig)`` from any thread (see the module docstring).
+
+    ``figure`` is the go.Figure shown; ``widget`` the ipywidgets.Output to place in a layout."""
+
+    def __init__(self):
+        import ipywidgets as widgets
+
+        self.widget = widgets.Output(layout=widgets.Layout(width="100%"))
+        self.figure = None
+
+    def show(self, fig) -> None:
+        """Replace the plot by ``fig`` (its width: the output's; NaN drawn as gaps)."""
+        from .static import PLOTLY_MIME
+
+        data = json_safe(fig.to_plotly_json())
+        data["layout"].pop("width", None)
+        data["layout"]["autosize"] = True
+        data["config"] = {"responsive": True}
+        title = fig.layout.title.text or "figure"
+        self.figure = fig
+        # Setting the output list is one state message, safe from a background thread (no display()
+        # capture, which routes by the running cell).
+        self.widget.outputs = ({"output_type": "display_data", "metadata": {},
+                                "data": {PLOTLY_MIME: data, "text/plain": f"<plotly figure: {title}>"}},)
