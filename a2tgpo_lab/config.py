@@ -18,7 +18,8 @@ igpo_tg *           per (prompt, turn)          α·D + R̂                 fixe
 igpo_tg_rescale *   per (prompt, turn)          α·D/√n + R̂              fixed       turn ratio
 a2tgpo              per (prompt, turn)          α·D/√n + R̂              adaptive    turn ratio
 a2tgpo_code         logprob IG, no query        0.3·D/√n + R̂            adaptive    turn ratio, token-mean
-                    baseline, var_eps 1e-8
+                    baseline, last context
+                    at search, var_eps 1e-8
 a2tgpo_pooled       pooled over turns           α·D/√n + R̂              adaptive    turn ratio
 a2tgpo_no_rescale   per (prompt, turn)          α·D + R̂                 adaptive    turn ratio
 a2tgpo_fixed_clip   per (prompt, turn)          α·D/√n + R̂              fixed       turn ratio
@@ -208,6 +209,10 @@ class A2TGPOConfig:
     gradient_checkpointing, bf16, device ("auto", "cpu", "cuda").
     eval_steps, eval_num_prompts, eval_split: periodic greedy evaluation on dev.
     save_steps, output_dir, resume_from_checkpoint, logging_steps, seed.
+    report_to: experiment trackers that receive the metrics of every ``logging_steps`` steps and of each
+        evaluation, under their metrics.jsonl names (TRL's field): "none" (default), a name or a list of
+        "tensorboard", "trackio", "wandb" (offline unless WANDB_MODE says otherwise), or "all";
+        see :mod:`a2tgpo_lab.trackers`.
     collapse_patience: stop with an error after this many consecutive steps in which every rollout was
         malformed or every loss was non-finite (nothing left to learn from; default 5; 0 = never stop).
         Non-finite weights stop the run at once, without saving them.
@@ -295,6 +300,7 @@ class A2TGPOConfig:
     output_dir: str = "runs/a2tgpo"
     resume_from_checkpoint: Optional[str] = None
     logging_steps: int = 1
+    report_to: Any = "none"
     seed: int = 0
     preset_name: Optional[str] = field(default=None, metadata={"help": "set by preset()"})
 
@@ -313,6 +319,12 @@ class A2TGPOConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field and the allowed values."""
         self._check_types()
+        from .trackers import normalize_report_to
+
+        try:
+            normalize_report_to(self.report_to)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         choices = {
             "advantage_estimator": ADVANTAGE_ESTIMATORS,
             "normalization": NORMALIZATIONS,

@@ -35,6 +35,7 @@ from .envs import QAExample
 from .errors import CheckpointError, DataError, RunDirError, TrainingCollapsed
 from .interrupts import Preempted, deferred_interrupts, sigterm_as_interrupt
 from .metrics import sampled_entropy, step_metrics
+from .trackers import tracker_callbacks
 from .records import StepRecord, Trajectory
 
 
@@ -87,7 +88,7 @@ class A2TGPOTrainer:
                              "4-bit base model, or pass a model whose parameters require grad.")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
-        self.callbacks = list(callbacks)
+        self.callbacks = list(callbacks) + tracker_callbacks(cfg)   # cfg.report_to: tensorboard, trackio, wandb
         self.keep_records = keep_records
         self.records: list[StepRecord] = []
         self.history: list[dict[str, float]] = []
@@ -175,11 +176,10 @@ class A2TGPOTrainer:
         from .rollout import generate_rollouts, recompute_old_logprobs
 
         cfg, model, step = self.cfg, self.model, self.global_step
-        started = time.perf_counter()
+        started, phases = time.perf_counter(), _PhaseTimer()
         self._rng_at_step_start = rng_state()  # an interrupt before this step commits saves these states
         examples = self.batch_examples(step)
         generator = torch.Generator(device="cpu").manual_seed(self._rollout_seed(cfg.seed * 1_000_003 + step))
-        phases = _PhaseTimer()
 
         model.eval()
         with torch.no_grad():
@@ -224,8 +224,8 @@ class A2TGPOTrainer:
             self._check_weights_finite(step)
             record = self._make_record(step, traj, examples, p, ig, nonfinite, adv, clip_factor, clip_low,
                                        clip_high, token_adv, update, probe_text, time.perf_counter() - started)
-            record.elapsed_s = time.perf_counter() - started
-            record.metrics.update(phases.metrics(record.elapsed_s))
+            record.metrics.update(phases.metrics())
+            record.elapsed_s = record.metrics["time/step_s"]
             self.global_step += 1
             self._rng_at_step_start = None
             if self._logging:
@@ -633,19 +633,22 @@ class _PhaseTimer:
     (advantages, clipping, the record) and ``time/step_s`` = the total."""
 
     PHASES = ("generation", "ig_forward", "old_logprob", "actor_update")
+    clock = staticmethod(time.perf_counter)  # wall time; benchmarks/bench_step.py swaps in CPU time
 
     def __init__(self):
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.started = self.clock()
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
-        started = time.perf_counter()
+        started = self.clock()
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - started
+            self.seconds[phase] += self.clock() - started
 
-    def metrics(self, total: float) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
+        total = self.clock() - self.started
         out = {f"time/{phase}": seconds for phase, seconds in self.seconds.items()}
         out["time/other"] = max(0.0, total - sum(self.seconds.values()))
         out["time/step_s"] = total

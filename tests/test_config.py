@@ -52,8 +52,9 @@ def test_preset_matches_its_table_row(name):
         assert cfg.ig_alpha == (0.3 if advantage.startswith("0.3·") else 1.0)
         assert cfg.normalization == ("pooled" if normalization.startswith("pooled") else "turn_group")
         code = "logprob" in normalization
-        assert (cfg.ig_mode, cfg.ig_first_turn, cfg.var_eps) == (("logprob", "none", 1e-8) if code
-                                                                 else ("prob", "query", 0.0))
+        assert (cfg.ig_mode, cfg.ig_first_turn, cfg.ig_last_context, cfg.var_eps) == (
+            ("logprob", "none", "search", 1e-8) if code else ("prob", "query", "observation", 0.0))
+        assert code == ("last context at search" in normalization)
 
 
 def test_table_2_ladder_adds_one_idea_per_rung():
@@ -93,7 +94,7 @@ def test_preset_overrides_and_unknown_names():
 
 @pytest.mark.parametrize("field, value", [
     ("advantage_estimator", "ppo"), ("rescale", "sqrt"), ("normalization", "batch"), ("ig_mode", "ratio"),
-    ("ig_first_turn", "first"), ("igpo_norm", "pooled"), ("var_eps", -1e-8), ("ig_alpha", -0.3),
+    ("ig_first_turn", "first"), ("ig_last_context", "answer"), ("igpo_norm", "pooled"), ("var_eps", -1e-8), ("ig_alpha", -0.3),
     ("loss_agg_mode", "mean"), ("num_generations", 1), ("max_turns", 0), ("gamma", 0.0), ("clip_beta", 1.0),
     ("group_std_floor", -1.0), ("min_group_size", 0), ("epsilon", 1.5), ("dual_clip", 1.0), ("temperature", 0.0),
     ("top_p", 1.5),

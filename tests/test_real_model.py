@@ -81,6 +81,15 @@ def test_loads_by_name_with_its_own_bpe_tokenizer_and_chat_template(lora_model):
     assert len(tokenizer.encode("Velmora", add_special_tokens=False)) > 1  # BPE: invented names are several tokens
 
 
+def test_a_gguf_path_or_directory_plus_gguf_file_is_the_same_model(lora_model):
+    from a2tgpo_lab.gguf_models import named_model_file
+    from a2tgpo_lab.models import resolve_model_path
+
+    gguf = named_model_file("smollm2-135m")
+    cached = resolve_model_path("smollm2-135m")
+    assert resolve_model_path(str(gguf)) == cached == resolve_model_path(str(gguf.parent), gguf_file=gguf.name)
+
+
 def _lora_weights(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
 

@@ -163,6 +163,18 @@ def test_gradient_accumulation_matches_one_batch(tmp_path, bundled_world, mode, 
     torch.testing.assert_close(accumulated / scale, one_batch / scale, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name, old_logprobs", [("a2tgpo", "sampler"), ("grpo", "recompute")])
+def test_step_reports_the_time_of_each_phase(tmp_path, bundled_world, name, old_logprobs):
+    trainer = make_trainer(small_config(tmp_path, name, old_logprobs=old_logprobs), bundled_world)
+    metrics = trainer.step().metrics
+    phases = [f"time/{p}" for p in ("generation", "ig_forward", "old_logprob", "actor_update", "other")]
+    assert all(metrics[p] >= 0 for p in phases)
+    assert sum(metrics[p] for p in phases) == pytest.approx(metrics["time/step_s"])
+    assert metrics["time/generation"] > 0 and metrics["time/actor_update"] > 0
+    assert (metrics["time/ig_forward"] > 0) == (name != "grpo")         # GRPO runs no probe
+    assert (metrics["time/old_logprob"] > 0) == (old_logprobs == "recompute")
+
+
 def test_shared_prompt_prefix_keeps_the_gradient(tmp_path, bundled_world):
     cfg = small_config(tmp_path, num_mini_batches=1, loss_agg_mode="token-mean", max_grad_norm=1e9)
     trainer = make_trainer(cfg, bundled_world)

@@ -34,6 +34,17 @@ def epsilon_preset(ratio_level: str) -> tuple[float, float]:
     return cfg.epsilon, cfg.epsilon_high
 
 
+def most_adaptive_turn(record) -> tuple[int, int]:
+    """(rollout, turn) of the trained turn whose clip factor is furthest from 1; (0, 1) if none differs."""
+    factor = np.asarray(record.clip_factor, dtype=float)
+    trained = np.isfinite(np.asarray(record.advantages, dtype=float)) & np.isfinite(factor)
+    distance = np.where(trained, np.abs(factor - 1.0), -1.0)
+    if distance.max(initial=-1.0) <= 0:
+        return 0, 1
+    i, j = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(i), int(j) + 1
+
+
 class ClipExplorer(StaticFallback):
     """Interactive clip region and clipped surrogate, fixed vs adaptive (see the module docstring)."""
 
@@ -67,12 +78,14 @@ class ClipExplorer(StaticFallback):
         self.turn = widgets.Dropdown(description="turn", options=[], layout=widgets.Layout(width="360px"),
                                      style=style)
         self.readout = widgets.HTML()
+        # The rollout / turn menus only mean something with a record: shown by load_record.
+        self.record_menus = widgets.HBox([self.rollout, self.turn], layout=widgets.Layout(display="none"))
         self.record = None
         self._hold_depth = 0
         self.figure = go.FigureWidget(self.current_figure())
         self.widget = widgets.VBox([
             widgets.HBox([self.ratio_level, self.sign]), widgets.HBox([self.beta, self.ig_norm]),
-            widgets.HBox([self.eps_low, self.eps_high]), widgets.HBox([self.rollout, self.turn]),
+            widgets.HBox([self.eps_low, self.eps_high]), self.record_menus,
             self.readout, self.figure])
         for control in (self.sign, self.beta, self.ig_norm, self.eps_low, self.eps_high):
             control.observe(self.update, names="value")
@@ -145,7 +158,8 @@ class ClipExplorer(StaticFallback):
             self.eps_low.value, self.eps_high.value = epsilon_preset(change["new"])
 
     def load_record(self, record) -> None:
-        """Take β, ε and the ratio level from ``record.config`` and offer its rollouts and turns."""
+        """Take β, ε and the ratio level from ``record.config`` and offer its rollouts and turns; open on
+        the turn whose clip factor is furthest from 1 (where adaptive and fixed clipping differ most)."""
         check_record(record, "ClipExplorer.load_record")
         cfg = record.config or {}
         with self._hold():
@@ -158,23 +172,26 @@ class ClipExplorer(StaticFallback):
             self.rollout.options = [(f"{i}: prompt {int(record.prompt_index[i])}, reward "
                                      f"{float(record.outcome_reward[i]):+.0f}", i)
                                     for i in range(len(record.questions))]
-            self.rollout.value = 0
-            self._show_rollout(0)     # the value may already have been 0, then no change event fires
+            self.record_menus.layout.display = "flex"
+            rollout, turn = most_adaptive_turn(record)
+            self.rollout.value = rollout
+            self._show_rollout(rollout, turn)   # the value may not have changed, then no change event fires
 
     def _on_rollout(self, change) -> None:
         if self.record is not None and change["new"] is not None:
             self._show_rollout(change["new"])
 
-    def _show_rollout(self, i: int) -> None:
+    def _show_rollout(self, i: int, turn: Optional[int] = None) -> None:
         record = self.record
         turns = [k for k in range(1, record.advantages.shape[1] + 1) if math.isfinite(record.advantages[i, k - 1])]
-        options = [(f"{k}: " + ("search" if k <= int(record.num_tool_turns[i]) else record.end_reason[i]), k)
-                   for k in turns]
+        options = [(f"{k}: " + ("search" if k <= int(record.num_tool_turns[i]) else record.end_reason[i])
+                    + f", c = {float(record.clip_factor[i, k - 1]):.3f}", k) for k in turns]
+        chosen = turn if turn in turns else (turns[0] if turns else None)
         with self._hold():
             self.turn.options = options
-            self.turn.value = turns[0] if turns else None
-            if turns:
-                self._show_turn(turns[0])   # no change event when the value stays the same
+            self.turn.value = chosen
+            if chosen is not None:
+                self._show_turn(chosen)   # no change event when the value stays the same
 
     def _record_ig_norm(self, i: int, k: int) -> float:
         """Ĩ behind turn k's clip factor: its normalized IG, or for the terminal turn 0 (c = 1), or õ when
