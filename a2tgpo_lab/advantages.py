@@ -8,7 +8,8 @@ IG) and the answer (terminal) turn T_i. Read top to bottom:
    ``pooled_normalize``      Î_{i,t}: IG z-scored over every turn of the prompt's rollouts (ablation).
    ``joint_normalize``       IGPO (Eq. 4): IG and outcome z-scored together, one group per prompt.
    Every z-score is ``group_zscore``: (x − μ) / (√(v + var_eps) + eps), population variance v.
-3. ``accumulate``            D_{i,t} = Σ_{k=t}^{T_i−1} γ^{k−t} Î_{i,k} and D_{i,t} / √n_{i,t}, n = T_i − t (Eq. 8).
+3. ``accumulate``            D_{i,t} = Σ_{k=t}^{T_i−1} γ^{k−t} Î_{i,k} and D_{i,t} / √n_{i,t}, n = T_i − t
+                             (Eq. 8).
 4. ``add_outcome``           Â_{i,t} = α·D_{i,t}/√n_{i,t} + R̂_i on process turns, Â_{i,T_i} = R̂_i (Eq. 9).
    ``reward_terms`` + ``discounted_returns``: IGPO's Ã_{i,t} = Σ_{k=t}^{T_i} γ^{k−t} r̂_{i,k}, the
                              outcome r̂_{i,T_i} inside the sum, no rescale (Eq. 5).
@@ -271,6 +272,10 @@ def add_outcome(ig_part: torch.Tensor, outcome_norm: torch.Tensor, num_tool_turn
     """Eq. 9: Â_{i,t} = α·ig_part_{i,t} + R̂_i for process turns t ≤ K_i, Â_{i,K_i+1} = R̂_i for the
     answer (terminal) turn, NaN past it. ``ig_part`` is :func:`accumulate`'s D/√n; the outcome is added
     at full weight to every turn, outside the rescaled sum.
+
+    Every turn carries R̂ in full, so when the policy chooses how many turns to take, an extra turn is one
+    more turn trained on the outcome: per-turn-index groups plus this sum are not an unbiased per-turn
+    credit in that case (ALGORITHM.md §10), whatever the IG part does.
 
     ig_part: [B, T]; outcome_norm: [B]; num_tool_turns: [B]. Returns [B, T] (a terminal turn K_i + 1 > T
     has no column; its outcome still reaches the earlier turns).

@@ -12,8 +12,8 @@ and process turn t (1 ≤ t ≤ K_i = T_i − 1) earns how much it moved that nu
 
 π̄_0 is the query-only baseline (``first_turn="query"``, the paper); with ``first_turn="none"`` (the
 released code) there is none and turn 1 has no IG (it then shares turn 2's advantage, see
-``advantages.share_first_turn``). The answer turn T_i earns no IG. Scoring the probes (running the model) lives elsewhere; this
-module is the arithmetic, so it can be checked by hand.
+``advantages.share_first_turn``). The answer turn T_i earns no IG. Scoring the probes (running the
+model) lives elsewhere; this module is the arithmetic, so it can be checked by hand.
 """
 from __future__ import annotations
 

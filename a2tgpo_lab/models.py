@@ -399,7 +399,12 @@ def save_policy(model, directory) -> Path:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)  # safetensors is the default format of both transformers 5 and peft
+    if is_peft_model(model):
+        # The base vocabulary is never resized here, so the base embedding is never saved; peft's "auto" would
+        # look the base model up on the Hub to check that, which hangs or warns without a network.
+        model.save_pretrained(directory, save_embedding_layers=False)
+    else:
+        model.save_pretrained(directory)  # safetensors is the default format of both transformers 5 and peft
     info = {"format": "lora" if is_peft_model(model) else "full",
             "base_model_name_or_path": (model.get_base_model() if is_peft_model(model) else model).name_or_path}
     (directory / POLICY_INFO_FILE).write_text(json.dumps(info, indent=2))

@@ -187,8 +187,8 @@ class A2TGPOTrainer:
                 traj = generate_rollouts(model, self.tokenizer, examples, self.tool, cfg, generator=generator,
                                          old_logprobs="sampler" if cfg.old_logprobs == "sampler" else "none",
                                          keep_kv=cfg.uses_ig and cfg.probe_reuse_cache)
-            with phases("old_logprob"):
-                if cfg.old_logprobs == "recompute":
+            if cfg.old_logprobs == "recompute":
+                with phases("old_logprob"):
                     traj.old_logprobs = recompute_old_logprobs(model, traj, cfg)
             traj = traj.to(self.device)
             B, T = traj.batch_size, traj.max_turns

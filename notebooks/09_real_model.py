@@ -171,7 +171,7 @@ for key, value in sorted(metrics.items()):
 # penalty. The IG probe then teacher-forces `<think> … </think> <answer> \boxed{gold} </answer>`.
 
 # %%
-paper = cfg.replace(protocol="paper")
+paper = cfg.replace(protocol="paper", max_new_tokens_per_turn=40)  # a think block makes turns longer
 print(probe_suffix(tokenizer, questions[0].answers[0], **prompt_options(paper)).text)
 traj = lab.generate_rollouts(model, tokenizer, questions[:1], tool, paper, num_generations=2,
                              generator=torch.Generator().manual_seed(0))

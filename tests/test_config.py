@@ -94,7 +94,8 @@ def test_preset_overrides_and_unknown_names():
 
 @pytest.mark.parametrize("field, value", [
     ("advantage_estimator", "ppo"), ("rescale", "sqrt"), ("normalization", "batch"), ("ig_mode", "ratio"),
-    ("ig_first_turn", "first"), ("ig_last_context", "answer"), ("igpo_norm", "pooled"), ("var_eps", -1e-8), ("ig_alpha", -0.3),
+    ("ig_first_turn", "first"), ("ig_last_context", "answer"), ("igpo_norm", "pooled"), ("var_eps", -1e-8),
+    ("ig_alpha", -0.3),
     ("loss_agg_mode", "mean"), ("num_generations", 1), ("max_turns", 0), ("gamma", 0.0), ("clip_beta", 1.0),
     ("group_std_floor", -1.0), ("min_group_size", 0), ("epsilon", 1.5), ("dual_clip", 1.0), ("temperature", 0.0),
     ("top_p", 1.5),

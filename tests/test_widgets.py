@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 import threading
 from types import SimpleNamespace
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from a2tgpo_lab.viz.clip_explorer import ClipExplorer, epsilon_preset
-from a2tgpo_lab.viz.dashboard import Dashboard
+from a2tgpo_lab.viz.dashboard import HISTORY_VIEWS, RECORD_VIEWS, Dashboard
+from a2tgpo_lab.viz.static import PLOTLY_MIME
 from a2tgpo_lab.viz.inspector import RolloutInspector, rollout_html
 from a2tgpo_lab.viz.sample import sample_run, sample_step_record
 
@@ -221,15 +223,16 @@ def test_dashboard_stores_records_and_redraws_throttled(run):
     assert dash.maybe_refresh() and dash.draw_count == 2
     assert not dash.maybe_refresh()                           # nothing new: no redraw
     assert dash.step_slider.max == 2 and dash.step_slider.value == 2
-    assert ig_trace_rollouts(dash.record_figures["IG per rollout"], run[2])
-    reward = next(t for t in dash.history_figures["training curves"].data if t.meta["metric"] == "reward")
+    assert ig_trace_rollouts(dash.record_plot.figure, run[2])
+    reward = next(t for t in dash.history_plot.figure.data if t.meta["metric"] == "reward")
     assert list(reward.y) == [r.metrics["reward"] for r in run[:3]]
-    assert "step 2 / 6" in dash.status.value
-    clip = dash.history_figures["clip fraction per turn"]
-    assert len(clip.data) == 0                            # a hidden tab is drawn when opened
-    dash.history_tabs.selected_index = 1
+    assert "step 3 / 6" in dash.status.value                 # steps done (records are numbered from 0)
+    dash.history_tabs.selected_index = list(HISTORY_VIEWS).index("clip fraction per turn")
+    clip = dash.history_plot.figure
     assert [list(t.y) for t in clip.data if t.meta["metric"] == "clip_ratio/region_mean"] == [
         [r.metrics["clip_ratio/region_mean"] for r in run[:3]]]
+    shown = dash.history_plot.widget.outputs[0]["data"][PLOTLY_MIME]     # what the browser receives: JSON
+    json.dumps(shown, allow_nan=False)
 
 
 def test_dashboard_throttle_stretches_after_a_slow_redraw(run):
@@ -256,17 +259,16 @@ def test_dashboard_step_selector_and_lazy_tabs(run):
         trainer.step()
     dash.refresh()
     dash.step_slider.value = 1
-    assert not dash.follow.value and ig_trace_rollouts(dash.record_figures["IG per rollout"], run[1])
+    assert not dash.follow.value and ig_trace_rollouts(dash.record_plot.figure, run[1])
     assert dash.step_label.value.startswith("step 1")
-    heatmap = dash.record_figures["IG groups"]
-    assert len(heatmap.data) == 0                         # not drawn until its tab is opened
-    dash.record_tabs.selected_index = 1
+    dash.record_tabs.selected_index = list(RECORD_VIEWS).index("IG groups")
+    heatmap = dash.record_plot.figure
     z = [t for t in heatmap.data if t.type == "heatmap"][1].z
     order = np.argsort(run[1].prompt_index, kind="stable")
     width = int(run[1].num_tool_turns.max())
     assert np.allclose(np.array(z, dtype=float), run[1].ig_norm[order, :width], equal_nan=True)
-    dash.record_tabs.selected_index = 5                  # the rollouts tab loads the inspector
-    assert dash.inspector.record is run[1]
+    dash.record_tabs.selected_index = len(RECORD_VIEWS)  # the rollouts tab loads the inspector
+    assert dash.inspector.record is run[1] and dash.record_plot.widget.layout.display == "none"
     # A new step does not move a slider the user moved back ...
     trainer.step()
     dash.refresh()
@@ -280,10 +282,20 @@ def test_dashboard_buttons_call_the_trainer(run):
     trainer = FakeTrainer(run)
     dash = Dashboard(trainer, background=False)
     dash.pause_button.click()
-    assert trainer.calls == ["pause"] and "paused" in dash.status.value
+    assert trainer.calls == ["pause"] and "pausing after the current step" in dash.status.value
+    trainer.emit("on_pause")                  # the trainer finished its step and waits
+    assert "paused after step" in dash.status.value
     dash.resume_button.click()
+    trainer.emit("on_resume")
+    assert "running" in dash.status.value
     dash.stop_button.click()
     assert trainer.calls == ["pause", "resume", "stop"] and "stopping" in dash.status.value
+    trainer.step()
+    trainer.emit("on_train_end")              # stopped early: "stopped", not "finished"; buttons off
+    assert "stopped after step 1 / 6" in dash.status.value and dash.stop_button.disabled
+    trainer.interrupted = "SIGINT"
+    trainer.emit("on_train_end")
+    assert "interrupted (SIGINT) after step 1" in dash.status.value
 
 
 def test_dashboard_keeps_at_most_max_records(run):
@@ -301,8 +313,8 @@ def test_dashboard_with_a_background_trainer(run):
     trainer.train_in_background().join()
     assert dash._refresher is not None
     dash._refresher.join()
-    assert dash._error == "" and ig_trace_rollouts(dash.record_figures["IG per rollout"], run[-1])
-    em = next(t for t in dash.history_figures["training curves"].data if t.meta["metric"] == "eval/em")
+    assert dash._error == "" and ig_trace_rollouts(dash.record_plot.figure, run[-1])
+    em = next(t for t in dash.history_plot.figure.data if t.meta["metric"] == "eval/em")
     assert list(em.y) == [r.metrics["eval/em"] for r in run if "eval/em" in r.metrics]
 
 
@@ -381,8 +393,9 @@ def test_dashboard_on_the_real_trainer(tmp_path):
     dash = Dashboard(trainer, update_interval=0.0)
     trainer.train_in_background().join()
     assert dash._error == "" and [r.step for r in dash.records] == [0, 1] and "finished" in dash.status.value
-    assert ig_trace_rollouts(dash.record_figures["IG per rollout"], trainer.records[-1])
-    em = next(t for t in dash.history_figures["training curves"].data if t.meta["metric"] == "eval/em")
+    assert ig_trace_rollouts(dash.record_plot.figure, trainer.records[-1])
+    assert f"finished step 2 / 2" in dash.status.value and dash.pause_button.disabled
+    em = next(t for t in dash.history_plot.figure.data if t.meta["metric"] == "eval/em")
     assert len(em.y) == 1                                  # the evaluation after step 0, merged into the history
     for index, name in enumerate([*RECORD_VIEWS, "rollouts"]):
         dash.record_tabs.selected_index = index            # every tab draws a real record
