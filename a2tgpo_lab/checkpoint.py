@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, DiskFullError, disk_full
+from .interrupts import deferred_interrupts
 
 FORMAT = 2  # 1 was a pickled trainer_state.pt
 STATE_FILE, HISTORY_FILE = "trainer_state.json", "history.json"
@@ -124,7 +125,8 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         (tmp / STATE_FILE).write_text(json.dumps(state, default=_plain))
         (tmp / HISTORY_FILE).write_text(json.dumps(history, default=_plain))
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
-        _replace_dir(tmp, final)
+        with deferred_interrupts():  # the two renames of a replaced checkpoint happen together
+            _replace_dir(tmp, final)
     except BaseException as err:  # a second Ctrl-C or a full disk: leave no half-written directory behind
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(err):

@@ -123,8 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(args)
     model, tokenizer = load_model_and_tokenizer(cfg)
-    broken = next((name for name, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()),
-                  None)
+    broken = next((name for name, p in model.named_parameters()
+                   if p.is_floating_point() and not torch.isfinite(p).all()), None)
     if broken is not None:
         raise ModelError(f"{cfg.model_name_or_path}: weight {broken} is NaN/inf (the run it came from diverged); "
                          "evaluate an earlier checkpoint.")

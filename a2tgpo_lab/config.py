@@ -188,7 +188,7 @@ class A2TGPOConfig:
 
     Speed and memory (none of these changes what is computed, up to floating-point rounding)
     ------------------------------------------------------------------------------------------
-    micro_batch_tokens: token budget of one PPO micro-batch (default 4096): each mini-batch's rows are
+    micro_batch_tokens: token budget of one PPO micro-batch (default 2048): each mini-batch's rows are
         sorted by length and packed into micro-batches of at most this many padded tokens (rows ×
         their longest row), each padded only to its own longest row; the gradient is accumulated
         weighted by each micro-batch's share of the loss's units, so it equals one big batch. Lower
@@ -278,7 +278,7 @@ class A2TGPOConfig:
     num_iterations: int = 1
     num_mini_batches: int = 4
     gradient_accumulation_steps: int = 1
-    micro_batch_tokens: Optional[int] = 4096
+    micro_batch_tokens: Optional[int] = 2048
     old_logprobs: str = "sampler"
     probe_reuse_cache: bool = True
     scored_logits_only: bool = True

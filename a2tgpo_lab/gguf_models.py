@@ -84,7 +84,9 @@ def gguf_location(name_or_path: str, gguf_file: str | None = None) -> Path:
     """The GGUF file meant by a model name, a ``.gguf`` path, or a directory plus ``gguf_file``."""
     if name_or_path in NAMED_MODELS:
         path = named_model_file(name_or_path)
-        return path if gguf_file is None else path.parent / gguf_file
+        if gguf_file is None:
+            return path
+        name_or_path = str(path.parent)  # another file of the same package: looked up like any directory
     if gguf_file is None:
         path = Path(name_or_path).expanduser()
         if not path.is_file():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -54,7 +55,13 @@ def deferred_interrupts() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in _SIGNALS}
+
+    def hold(signum, frame) -> None:
+        if not caught:
+            print(f"\n{signal.Signals(signum).name} received: finishing the current step first.", file=sys.stderr)
+        caught.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in _SIGNALS}
     _deferring.active = True
     try:
         yield

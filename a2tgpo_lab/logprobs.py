@@ -180,24 +180,39 @@ def _scatter_shifted(values: torch.Tensor, predicts: torch.Tensor) -> torch.Tens
     return torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
 
 
-def token_budget_batches(lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
+def token_budget_batches(lengths: torch.Tensor, max_tokens: int,
+                         groups: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
     """Split rows into batches of at most ``max_tokens`` padded tokens each (rows × longest row).
 
     Rows are sorted by length first, so each batch pads only to its own longest row instead of the
-    whole batch's (length bucketing); a row longer than the budget is a batch of its own. Returns the
-    row indices of each batch, longest rows first; together they cover every row exactly once.
+    whole batch's (length bucketing); a row longer than the budget is a batch of its own. With
+    ``groups`` [B] (e.g. the prompt of each rollout) the rows of a group stay in one batch whenever
+    the group fits the budget, groups ordered by their longest row: a shared prompt is then encoded
+    once per group, not once per batch it was split over. Returns the row indices of each batch;
+    together they cover every row exactly once.
     """
     if max_tokens < 1:
         raise ValueError(f"token_budget_batches: max_tokens={max_tokens!r} must be >= 1.")
-    order = torch.argsort(lengths.cpu(), descending=True, stable=True)
+    lengths = lengths.cpu().clamp(min=1)
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    if groups is None:
+        units = [[row] for row in order]
+    else:
+        members: dict[int, list[int]] = {}
+        for row in order:                                    # longest group first, its rows longest first
+            members.setdefault(int(groups[row]), []).append(row)
+        units = []
+        for rows in members.values():                        # a group over the budget is cut into pieces
+            fit = max(1, max_tokens // int(lengths[rows[0]]))
+            units += [rows[i: i + fit] for i in range(0, len(rows), fit)]
     batches, current, width = [], [], 0
-    for row in order.tolist():
-        if current and (len(current) + 1) * width > max_tokens:
+    for unit in units:
+        wider = max(width, int(lengths[unit[0]]))
+        if current and (len(current) + len(unit)) * wider > max_tokens:
             batches.append(torch.tensor(current))
-            current = []
-        if not current:
-            width = max(1, int(lengths[row]))
-        current.append(row)
+            current, wider = [], int(lengths[unit[0]])
+        current += unit
+        width = wider
     if current:
         batches.append(torch.tensor(current))
     return batches

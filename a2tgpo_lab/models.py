@@ -26,10 +26,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
+import os
+import socket
 import sys
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
+from urllib.parse import urlparse
 
 from .config import A2TGPOConfig, ConfigError
 from .errors import CheckpointError, MissingFileError, ModelError
@@ -38,6 +42,18 @@ from .gguf_models import NAMED_MODELS, gguf_as_hf_dir, gguf_location, is_gguf_so
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny_model"
 POLICY_INFO_FILE = "a2tgpo_policy.json"  # written by save_policy: what kind of weights, and the base model
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+class _DropKernelsNotice(logging.Filter):
+    """peft imports bitsandbytes whenever it is installed, and on CPUs with AVX512-BF16 bitsandbytes then logs
+    "Failed to load CPU gemm_4bit_forward from kernels-community" (an optional faster kernel from another
+    package). It says nothing about this package, 4-bit works without it: that one line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsNotice())
 
 
 # --------------------------------------------------------------------------- where the model comes from
@@ -85,11 +101,9 @@ def resolve_model_path(name_or_path: str, gguf_file: Optional[str] = None) -> st
 
 
 def model_source_name(name_or_path: str, gguf_file: Optional[str] = None) -> str:
-    """How a policy records its base model: the model's name, or for a GGUF file in a directory the
-    file's full path (a directory alone would lose which file), so the recorded base resolves again."""
-    if gguf_file is not None and name_or_path not in NAMED_MODELS and Path(name_or_path).expanduser().is_dir():
-        return str((Path(name_or_path).expanduser() / gguf_file).resolve())
-    return str(name_or_path)
+    """How a policy records its base model: the model's name, or with ``gguf_file`` the GGUF file's full
+    path (the directory alone would lose which file), so the recorded base resolves again."""
+    return str(name_or_path) if gguf_file is None else str(gguf_location(name_or_path, gguf_file))
 
 
 def _policy_base(model_dir: str) -> Optional[str]:
@@ -220,8 +234,36 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def _hub_access(repo_id: str) -> dict:
+    """Extra ``from_pretrained`` keywords for a Hub id: none when the Hub answers; ``local_files_only`` when it
+    cannot be reached but the model is in the local cache; an error at once when neither (rather than a
+    minute of retries).
+
+    Skipped with ``HF_HUB_OFFLINE`` (the cache is read anyway) or a proxy (only the proxy knows the way)."""
+    if any(os.environ.get(name) for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                                             "all_proxy")):
+        return {}
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+        return {}
+    except OSError:
+        pass
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return {"local_files_only": True}
+    raise ModelError(f"model_name_or_path={repo_id!r} is not a local directory, so it was taken for a Hugging Face Hub "
+                     f"id, but {endpoint.hostname} cannot be reached (no network?) and the model is not in the local "
+                     "cache. If it is a local path, check its spelling. Otherwise download it where there is internet "
+                     f"(`hf download {repo_id} --local-dir DIR`) and pass DIR, or set HF_HUB_OFFLINE=1 to read the "
+                     "local Hugging Face cache only.")
+
+
 def _from_hub_or_local(loader, source: str, **kwargs):
     """``loader(source)``; a Hub id that cannot be fetched gets an error that says what to do offline."""
+    if not Path(source).is_dir():
+        kwargs = {**kwargs, **_hub_access(source)}
     try:
         return loader(source, **kwargs)
     except OSError as err:

@@ -195,7 +195,10 @@ class KVPrefix:
             raise ValueError(f"KVPrefix: rollout {rows[short[0]]} has {int(self.lengths[rows[short[0]]])} cached "
                              f"tokens, fewer than the {int(needed[short[0]])} asked for; was it made for this "
                              "trajectory?")
-        index, width = torch.tensor(rows, device=self.keys[0].device), int(needed.max())
+        width = int(needed.max())
+        if rows == list(range(len(self.lengths))):  # every row, in order: views, no copy
+            return DynamicCache([(k[:, :, :width], v[:, :, :width]) for k, v in zip(self.keys, self.values)])
+        index = torch.tensor(rows, device=self.keys[0].device)
         return DynamicCache([(k[index, :, :width], v[index, :, :width]) for k, v in zip(self.keys, self.values)])
 
 
@@ -478,7 +481,8 @@ def recompute_old_logprobs(model, traj: Trajectory, cfg: A2TGPOConfig) -> torch.
         step = max(1, _LOGITS_BUDGET // (traj.input_ids.shape[1] * vocab))
         buckets = list(torch.arange(traj.batch_size).split(step))
     else:
-        buckets = token_budget_batches(lengths, cfg.micro_batch_tokens)
+        buckets = token_budget_batches(lengths, cfg.micro_batch_tokens,
+                                       traj.prompt_index if cfg.share_prompt_prefix else None)
     old = torch.zeros(traj.input_ids.shape)
     was_training = model.training
     model.eval()

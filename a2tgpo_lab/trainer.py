@@ -140,8 +140,14 @@ class A2TGPOTrainer:
         self._running.wait()
         self._emit("on_resume")
 
-    def train_in_background(self) -> threading.Thread:
-        """Run :meth:`train` in a thread so a notebook kernel stays free for the dashboard's buttons."""
+    _progress_bar = True  # train()'s tqdm bar; off in the background (it would print into whichever cell runs)
+
+    def train_in_background(self, progress: bool = False) -> threading.Thread:
+        """Run :meth:`train` in a thread so a notebook kernel stays free for the dashboard's buttons.
+
+        ``progress``: show train()'s progress bar too (default off: from a thread it lands in whichever
+        cell happens to run; the dashboard shows the progress)."""
+        self._progress_bar = progress
         thread = threading.Thread(target=self.train, name="a2tgpo-train", daemon=True)
         thread.start()
         return thread
@@ -324,8 +330,10 @@ class A2TGPOTrainer:
 
         if self.cfg.micro_batch_tokens is None:
             return list(mini.chunk(self.cfg.gradient_accumulation_steps))
-        lengths = traj.attention_mask[mini.to(self.device)].sum(dim=1)
-        return [mini[part] for part in token_budget_batches(lengths, self.cfg.micro_batch_tokens)]
+        rows = mini.to(self.device)
+        groups = traj.prompt_index[rows] if self.cfg.share_prompt_prefix else None  # keep shared prompts together
+        parts = token_budget_batches(traj.attention_mask[rows].sum(dim=1), self.cfg.micro_batch_tokens, groups)
+        return [mini[part] for part in parts]
 
     def _reference_logprobs(self, ids: torch.Tensor, attn: torch.Tensor, score_mask: Optional[torch.Tensor] = None,
                             shared_prefix=None) -> torch.Tensor:
@@ -389,7 +397,8 @@ class A2TGPOTrainer:
             self.interrupted = None
             self._emit("on_train_begin")
             bar = tqdm(total=cfg.max_steps, initial=self.global_step,
-                       desc=f"train {cfg.preset_name or ''}".strip(), dynamic_ncols=True)
+                       desc=f"train {cfg.preset_name or ''}".strip(), dynamic_ncols=True,
+                       disable=not self._progress_bar)
             self._logging = True
             saved_step = None
             try:
@@ -572,9 +581,9 @@ class A2TGPOTrainer:
                 other = (f"run {info['run_id']} (preset {info.get('preset')}, seed {info.get('seed')})" if info
                          else "files of an earlier run")
                 raise RunDirError(f"{self.output_dir} already holds {other}. Continue it with "
-                                  "resume_from_checkpoint='latest' (--resume_from_checkpoint latest), replace it with "
-                                  "overwrite_output_dir=True (--overwrite_output_dir; deletes its checkpoints and logs), "
-                                  "or choose another output_dir.")
+                                  "resume_from_checkpoint='latest' (--resume_from_checkpoint latest), replace it "
+                                  "with overwrite_output_dir=True (--overwrite_output_dir; deletes its checkpoints "
+                                  "and logs), or choose another output_dir.")
             clear_run(self.output_dir)
         for leftover in [*self.output_dir.glob("checkpoint-*.tmp"), *self.output_dir.glob("checkpoint-*.old")]:
             shutil.rmtree(leftover, ignore_errors=True)

@@ -12,6 +12,8 @@ trainer logs wall seconds), with each step's wall time beside it.
 
 **Equal work.** Every measured step starts from the same weights, optimizer state and step index, so
 every configuration samples exactly the same rollouts and trains on them; only how it computes differs.
+GRPO runs with ``controlled=True`` (the A²TGPO loss, no KL reference pass), so the A²TGPO / GRPO ratio
+is the cost of the IG probe alone, as in the paper's Fig. 7.
 
 **Toggles.** ``all on`` is the default config; ``all off`` switches every optimization off (recomputed
 π_old, the probe encoding its contexts itself, logits at every position, one micro-batch padded to
@@ -69,11 +71,11 @@ def load_world():
 def settings(estimators: list[str]) -> dict[str, tuple[str, dict]]:
     """Name -> (preset, overrides) of every configuration the split table compares."""
     out = {}
-    for name in estimators:
-        out[f"{name} all on"] = (name, {})
-        out[f"{name} all off"] = (name, ALL_OFF)
+    for name in estimators:  # every preset with the A2TGPO loss, so they differ only in the IG probe
+        out[f"{name} all on"] = (name, dict(controlled=True))
+        out[f"{name} all off"] = (name, dict(controlled=True, **ALL_OFF))
     for label, (field, off) in KNOBS.items():
-        out[f"{estimators[0]} − {label}"] = (estimators[0], {field: off})
+        out[f"{estimators[0]} − {label}"] = (estimators[0], {"controlled": True, field: off})
     return out
 
 

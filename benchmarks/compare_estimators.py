@@ -102,14 +102,8 @@ def clip_by_ig_bucket(record) -> dict[str, list[float]]:
     return dict(out)
 
 
-def run_one(rung: str, seed: int, args, shared: dict, clip_beta: Optional[float]) -> dict:
-    """Train one (rung, seed) and return its JSON row."""
-    import tempfile
-
-    import torch
-
-    from a2tgpo_lab import A2TGPOTrainer, preset
-
+def run_overrides(args) -> dict:
+    """Config fields every run of this invocation shares (model, data, controlled, --set)."""
     overrides = dict(args.overrides)
     if args.model:
         overrides["model_name_or_path"] = args.model
@@ -119,6 +113,18 @@ def run_one(rung: str, seed: int, args, shared: dict, clip_beta: Optional[float]
         overrides["corpus"] = args.corpus
     if args.controlled:
         overrides["controlled"] = True
+    return overrides
+
+
+def run_one(rung: str, seed: int, args, shared: dict, clip_beta: Optional[float]) -> dict:
+    """Train one (rung, seed) and return its JSON row."""
+    import tempfile
+
+    import torch
+
+    from a2tgpo_lab import A2TGPOTrainer, preset
+
+    overrides = run_overrides(args)
     if clip_beta is not None:
         overrides["clip_beta"] = clip_beta
     wall, cpu = time.perf_counter(), time.process_time()
@@ -176,6 +182,16 @@ def run(args) -> None:
     else:
         shared = {split: load_split(split) for split in ("train", "dev", "test")}
     shared["tool"] = SearchTool.from_jsonl(args.corpus, topk=2) if args.corpus else bundled_search_tool(topk=2)
+    if not (out / "start.json").exists():  # the start model's greedy EM on the same questions: the "before" row
+        from a2tgpo_lab import preset
+        from a2tgpo_lab.models import load_model_and_tokenizer
+
+        cfg = preset("grpo", **run_overrides(args))
+        model, tokenizer = load_model_and_tokenizer(cfg)
+        start = {split: eval_rows(model, tokenizer, shared[split][:n], shared["tool"], cfg)
+                 for split, n in (("dev", args.eval_n), ("test", args.test_n))}
+        (out / "start.json").write_text(json.dumps({"model": args.model or "bundled", **start}))
+        del model
     betas = args.betas or [None]
     print(f"machine: {platform.machine()}, torch threads {torch.get_num_threads()}, cuda={torch.cuda.is_available()}; "
           f"{args.steps} steps; curve every {args.curve_every} on {args.curve_n} dev; final dev {args.eval_n}, "
@@ -317,6 +333,47 @@ def mechanisms(rows: list[dict]) -> dict:
     return out
 
 
+def first_search_credit(rows: list[dict]) -> dict:
+    """Namesake and chain questions of the step-0 batches: the first search's raw IG, normalized IG Î_1 and
+    advantage A_1 by kind of query (careful "C founded", lazy "C born", other), and — inside the groups that
+    hold both a careful and a lazy first search — the mean within-group gap careful − lazy."""
+    from a2tgpo_lab.envs.world import load_split
+
+    train = load_split("train")
+    kinds: dict = defaultdict(list)
+    gaps: dict = defaultdict(list)
+    for row in rows:
+        if row["rung"] not in ("igpo", "a2tgpo") or row["controlled"] or not row.get("step0") or row["model"] != "bundled":
+            continue
+        # The step-0 prompts, as A2TGPOTrainer.batch_examples draws them (a permutation seeded by (seed, epoch 0)).
+        order = np.random.default_rng([row["seed"], 0]).permutation(len(train))
+        examples = [train[i] for i in order[: row["config"]["num_prompts_per_step"]]]
+        table = row["step0"]
+        groups: dict = defaultdict(lambda: defaultdict(list))
+        for b, prompt in enumerate(table["prompt_index"]):
+            example = examples[prompt]
+            if example.qtype != "namesake" or table["num_tool_turns"][b] < 1:
+                continue
+            query = table["first_query"][b]
+            kind = ("careful" if query == example.meta["queries"][0] else
+                    "lazy" if query == example.meta["trap_query"] else "other")
+            values = (table["ig"][b][0], table["ig_norm"][b][0], table["advantages"][b][0], table["outcome_reward"][b])
+            kinds[(row["rung"], kind)].append(values)
+            groups[prompt][kind].append(values)
+        for by_kind in groups.values():
+            if by_kind["careful"] and by_kind["lazy"]:
+                gaps[row["rung"]].append([np.mean([v[i] for v in by_kind["careful"]]) - np.mean([v[i] for v in by_kind["lazy"]])
+                                          for i in range(3)])
+    out = {f"{rung}/{kind}": {"n": len(v), "ig": float(np.nanmean([x[0] for x in v])),
+                              "ig_norm": float(np.nanmean([x[1] for x in v])),
+                              "adv": float(np.nanmean([x[2] for x in v])), "em": float(np.mean([x[3] == 1 for x in v]))}
+           for (rung, kind), v in sorted(kinds.items())}
+    out.update({f"{rung}/gap_careful_minus_lazy": {"groups": len(v), "ig": float(np.mean([g[0] for g in v])),
+                                                   "ig_norm": float(np.mean([g[1] for g in v])),
+                                                   "adv": float(np.mean([g[2] for g in v]))} for rung, v in gaps.items()})
+    return out
+
+
 def curves(rows: list[dict]) -> dict:
     """Learning curves: per group, the mean and range over seeds of the dev-subset EM at each evaluated step."""
     groups: dict = defaultdict(lambda: defaultdict(list))
@@ -325,6 +382,22 @@ def curves(rows: list[dict]) -> dict:
             groups[group_key(row)][step].append(em)
     return {name: {str(step): [float(np.mean(v)), float(np.min(v)), float(np.max(v))] for step, v in sorted(s.items())}
             for name, s in groups.items()}
+
+
+def start_rows(folders, model: str) -> Optional[dict]:
+    """The start model's per-question rows (``start.json`` of the first folder that has one for ``model``)."""
+    for folder in folders:
+        path = Path(folder) / "start.json"
+        if path.exists():
+            start = json.loads(path.read_text())
+            if start["model"] == model:
+                return start
+    return None
+
+
+def _by(rows: list[dict], key: str) -> dict:
+    labels = sorted({q[key] for q in rows}, key=str)
+    return {str(label): (float(np.mean([q["em"] for q in rows if q[key] == label])),) for label in labels}
 
 
 def markdown(table: dict, label: str) -> str:
@@ -462,6 +535,14 @@ def report(args) -> None:
                 continue
             label = f"{'controlled' if controlled else 'published recipes'}, start model {model}"
             table = summarize(subset)
+            start = start_rows(args.report, model)
+            if start:
+                rng = np.random.default_rng(0)
+                table = {"(start model)": {split: bootstrap_ci([np.array([q["em"] for q in start[split]])], rng)
+                                           for split in ("dev", "test")} | {
+                    "seeds": [], "dev_seed_means": [], "dev_turns": float(np.mean([q["turns"] for q in start["dev"]])),
+                    "dev_searches": float(np.mean([q["searches"] for q in start["dev"]])), "clip_frac": float("nan"),
+                    "cpu_s": float("nan"), **{f"dev_by_{k}": _by(start["dev"], k) for k in ("qtype", "hops")}}} | table
             summary[label] = {"table": table, "spreads": spreads(table), "curves": curves(subset)}
             sections.append(markdown(table, label))
             s = summary[label]["spreads"]
@@ -476,6 +557,8 @@ def report(args) -> None:
                   for beta, e in summary["beta_sweep"].items()]
         sections.append("\n".join(lines) + "\n")
     summary["mechanisms"] = mechanisms([r for r in rows if r["model"] == "bundled"])
+    if not any(r["config"].get("dataset", "bundled") != "bundled" for r in rows):
+        summary["mechanisms"]["first_search"] = first_search_credit(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     (out / "summary.md").write_text("\n".join(sections))
     print("\n".join(sections))

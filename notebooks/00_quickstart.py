@@ -139,8 +139,10 @@ thread = trainer.train_in_background()
 
 # %% [markdown]
 # **Reading the report.** In the smoke setting (3 steps of 16 rollouts, 16 questions) nothing can be read
-# from its numbers; with `SMOKE = False` (40 steps of 64 rollouts, 300 dev questions) it shows what RL
-# changed. Look at more than the overall number: the report holds the exact
+# from its numbers. With `SMOKE = False` (40 steps of 64 rollouts, 300 dev questions) one run measured on
+# the 2-core CPU went from exact match 0.33 to 0.53; on the 2-hop *chain* questions from 0.02 to 0.75, as
+# the agent learned to make the second search instead of guessing after the first (searches per question
+# 1.21 → 1.70). Look at more than the overall number: the report holds the exact
 # match on the 2-hop *chain* questions, the searches per question and the format error rate. A single run is
 # one sample: notebook 06 shows how to compare methods honestly (several seeds, and the noise of an exact
 # match on a few hundred questions).

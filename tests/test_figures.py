@@ -339,3 +339,137 @@ def test_importing_the_views_stays_light():
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------------- the paper's figures
+
+
+def test_credit_flow_recomputes_both_estimators_on_the_same_batch(record):
+    import torch
+
+    from a2tgpo_lab.advantages import compute_advantages
+
+    fig = F.credit_flow_figure(record)
+    by_panel = {(t.meta["panel"], t.meta.get("method")): t for t in fig.data}
+    for name in ("igpo", "a2tgpo"):
+        expected = compute_advantages(preset(name), torch.as_tensor(record.ig), torch.as_tensor(record.outcome_reward),
+                                      torch.as_tensor(record.prompt_index), torch.as_tensor(record.num_tool_turns))
+        trace = by_panel[("advantage", name)]
+        columns = [expected.advantages[:, k - 1].numpy() for k in trace.customdata]
+        assert np.allclose(trace.y, [np.nanmean(c) for c in columns])
+        assert np.allclose(trace.error_y.array, [np.nanstd(c) for c in columns])
+    igpo, a2 = by_panel[("advantage", "igpo")], by_panel[("advantage", "a2tgpo")]
+    deltas = {a.x: a.text for a in fig.layout.annotations if a.text.startswith("ΔĀ")}
+    first = list(a2.customdata).index(1)
+    assert deltas[1] == f"ΔĀₜ={a2.y[first] - igpo.y[list(igpo.customdata).index(1)]:+.2f}"
+    raw = by_panel[("ig", None)]
+    assert np.isclose(raw.y[0], np.nanmean(record.ig[:, 0]))
+    grpo = record.__class__(**{**record.__dict__, "ig": np.full_like(record.ig, np.nan)})
+    with pytest.raises(ValueError, match="no IG"):
+        F.credit_flow_figure(grpo)
+
+
+def rows_with(**series):
+    """Metric rows 0..n-1 holding the given series."""
+    n = len(next(iter(series.values())))
+    return [{"step": float(i), **{key.replace("__", "/"): values[i] for key, values in series.items()}}
+            for i in range(n)]
+
+
+def test_advantage_range_and_response_length_draw_min_mean_max():
+    history = rows_with(advantages__min=[-2.0, -1.5], advantages__mean=[0.0, 0.1], advantages__max=[2.0, 1.0],
+                        completions__min_length=[5, 6], completions__mean_length=[9.5, 10],
+                        completions__max_length=[20, 18])
+    adv = {t.meta["metric"]: list(t.y) for t in F.advantage_range_figure({"a": history, "b": history}).data}
+    assert adv == {"advantages/min": [-2.0, -1.5], "advantages/max": [2.0, 1.0], "advantages/mean": [0.0, 0.1]}
+    assert len(F.advantage_range_figure({"a": history, "b": history}).data) == 6       # three per run
+    lengths = {t.meta["metric"]: list(t.y) for t in F.response_length_figure(history).data}
+    assert lengths["completions/max_length"] == [20, 18] and lengths["completions/min_length"] == [5, 6]
+
+
+def test_step_time_splits_by_phase_and_falls_back_to_whole_steps():
+    split = rows_with(time__generation=[1.0, 2.0], time__ig_forward=[0.5, 0.5], time__old_logprob=[0.0, 0.0],
+                      time__actor_update=[3.0, 2.5], time__other=[0.1, 0.2], time__step_s=[4.6, 5.2])
+    fig = F.step_time_figure(split)
+    assert fig.layout.barmode == "stack"
+    assert [t.meta["metric"] for t in fig.data] == ["time/generation", "time/ig_forward", "time/old_logprob",
+                                                    "time/actor_update", "time/other"]
+    assert np.allclose(np.sum([t.y for t in fig.data], axis=0), [4.6, 5.2])
+    whole = F.step_time_figure(rows_with(time__step_s=[4.0, 5.0]))
+    assert [t.meta["metric"] for t in whole.data] == ["time/step_s"] and "no phase split" in whole.layout.title.text
+    with pytest.raises(ValueError, match="one run"):
+        F.step_time_figure({"a": split, "b": split})
+
+
+def test_entropy_prefers_the_exact_entropy_and_learning_curve_keeps_every_eval():
+    exact = rows_with(entropy=[2.0, 1.8], entropy__sampled_nll=[2.1, 1.9])
+    sampled = rows_with(entropy__sampled_nll=[3.0, float("nan"), 2.5])
+    fig = F.entropy_figure({"exact": exact, "sampled": sampled})
+    assert [(t.name, t.meta["metric"], list(t.y)) for t in fig.data] == [
+        ("exact", "entropy", [2.0, 1.8]), ("sampled", "entropy/sampled_nll", [3.0, 2.5])]
+    history = rows_with(reward=[0.1] * 6)
+    for step, em in ((0, 0.2), (2, 0.4), (4, 0.5), (5, 0.55)):
+        history[step]["eval/em"] = em
+    curve = F.learning_curve_figure(history).data[0]
+    assert list(curve.x) == [0, 2, 4, 5] and list(curve.y) == [0.2, 0.4, 0.5, 0.55]
+
+
+def write_run(path: Path, beta: float, final_em: float) -> Path:
+    import json
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"clip_beta": beta}))
+    (path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": 0.5}) + "\n" for s in range(3)))
+    (path / "eval.jsonl").write_text(json.dumps({"step": 1, "eval/em": 0.1}) + "\n"
+                                     + json.dumps({"step": 3, "eval/em": final_em}) + "\n")
+    return path
+
+
+def test_beta_sweep_reads_run_dirs_and_averages_seeds(tmp_path):
+    dirs = [write_run(tmp_path / f"b{beta}_s{seed}", beta, em)
+            for beta, seed, em in ((0.1, 0, 0.3), (0.1, 1, 0.5), (0.3, 0, 0.6))]
+    from a2tgpo_lab.viz.runs import load_run
+
+    rows = load_run(dirs[0])
+    assert [r.get("eval/em") for r in rows] == [None, None, None, 0.1, 0.3]
+    fig = F.beta_sweep_figure(dirs)
+    mean = next(t for t in fig.data if t.name == "mean over runs")
+    assert list(mean.x) == [0.1, 0.3] and np.allclose(mean.y, [0.4, 0.6])
+    same = F.beta_sweep_figure({0.1: [load_run(dirs[0]), load_run(dirs[1])], 0.3: load_run(dirs[2])})
+    assert np.allclose(next(t for t in same.data if t.name == "mean over runs").y, [0.4, 0.6])
+    with pytest.raises(ValueError, match="clip_beta"):
+        F.beta_sweep_figure([load_run(dirs[0])])          # a history alone does not say its β
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        load_run(tmp_path)
+
+
+def test_tool_calls_histogram_shares(run):
+    fig = F.tool_calls_histogram_figure({"first": run[0], "last": run[-3:]})
+    first, last = fig.data
+    assert np.isclose(sum(first.y), 1.0) and np.isclose(sum(last.y), 1.0)
+    counts = np.bincount(run[0].num_tool_turns, minlength=len(first.x))
+    assert np.allclose(first.y, counts / counts.sum())
+    assert "n=" + str(3 * len(run[-1].questions)) in last.name
+
+
+def test_ig_misleads_finds_turns_whose_ig_points_against_the_outcome(record):
+    found = F.ig_misleads(record)
+    for item in found:
+        i, j = item["rollout"], item["turn"] - 1
+        correct = record.outcome_reward[i] > 0
+        assert (record.ig[i, j] < 0) if correct else (record.ig[i, j] > 0)
+        assert item["kind"] == ("correct rollout, IG < 0" if correct else "wrong rollout, IG > 0")
+    expected = sum(int(((record.outcome_reward[i] > 0) & (record.ig[i, :k] < 0)).sum()
+                       + ((record.outcome_reward[i] <= 0) & (record.ig[i, :k] > 0)).sum())
+                   for i, k in enumerate(record.num_tool_turns))
+    assert len(found) == expected > 0
+    ringed = F.ig_misleads_figure(record).data[-1]
+    assert ringed.meta["misleading"] == len(found) and ringed.text[0] == f"r{found[0]['rollout']}·t{found[0]['turn']}"
+
+
+def test_training_curves_axes_are_legible():
+    history = rows_with(reward=[0.1, 0.2], clip_ratio__region_mean=[0.0, 0.0])
+    fig = F.training_curves_figure(history)
+    assert fig.layout.yaxis4.range == (0, 0.05)              # an all-zero share is not drawn on ±1
+    assert all(fig.layout[f"legend{'' if n == 1 else n}"].yanchor == "bottom" for n in range(1, 7))  # above panels
+    assert "_{" not in F.ig_per_rollout_figure(sample_step_record(seed=1)).layout.yaxis.title.text

@@ -124,17 +124,23 @@ def test_scoring_only_masked_tokens_gives_their_full_scores(model, entropy):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 50), min_size=1, max_size=30), st.integers(1, 200))
-def test_token_budget_batches_cover_every_row_within_the_budget(lengths, budget):
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=30), st.integers(1, 200), st.booleans())
+def test_token_budget_batches_cover_every_row_within_the_budget(lengths, budget, grouped):
+    groups = torch.arange(len(lengths)) // 4 if grouped else None
     lengths = torch.tensor(lengths)
-    batches = token_budget_batches(lengths, budget)
+    batches = token_budget_batches(lengths, budget, groups)
     rows = torch.cat(batches)
     assert sorted(rows.tolist()) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) == 1 or len(batch) * int(lengths[batch].max()) <= budget
-    # sorted by length: no batch holds a row longer than one of an earlier batch
-    tops = [int(lengths[b].max()) for b in batches]
-    assert tops == sorted(tops, reverse=True)
+    if not grouped:  # sorted by length: no batch holds a row longer than one of an earlier batch
+        tops = [int(lengths[b].max()) for b in batches]
+        assert tops == sorted(tops, reverse=True)
+    else:  # a group that fits the budget is never split
+        for group in groups.unique():
+            rows_of = (groups == group).nonzero().flatten()
+            if len(rows_of) * int(lengths[rows_of].max()) <= budget:
+                assert sum(bool(set(rows_of.tolist()) & set(b.tolist())) for b in batches) == 1
 
 
 def grouped_rows(vocab: int, seed=0):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -470,3 +469,21 @@ def test_malformed_config_files_name_the_file_and_line(tmp_path, suffix, text, w
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ConfigError, match=f"{path}.*{where}|{path} is {where}"):
         A2TGPOConfig.from_file(path)
+
+
+def test_unreachable_hub_fails_fast_and_says_so(monkeypatch):
+    import socket
+
+    from a2tgpo_lab.models import load_tokenizer
+
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    started = time.monotonic()
+    with pytest.raises(ModelError, match="cannot be reached.*HF_HUB_OFFLINE=1"):
+        load_tokenizer("a2tgpo-lab-tests/no-such-model")
+    assert time.monotonic() - started < 10

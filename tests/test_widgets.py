@@ -400,3 +400,88 @@ def test_dashboard_on_the_real_trainer(tmp_path):
     for index, name in enumerate([*RECORD_VIEWS, "rollouts"]):
         dash.record_tabs.selected_index = index            # every tab draws a real record
     assert dash.inspector.record is trainer.records[-1] and dash._error == ""
+
+
+def test_json_safe_payloads_have_no_nan_and_sync_rebuilds_changed_traces():
+    import plotly.graph_objects as go
+
+    from a2tgpo_lab.viz.live import FigureOutput, figure_widget, json_safe, sync_figure
+
+    assert json_safe({"y": np.array([1.0, np.nan]), "z": np.array([[np.inf, 2]]), "n": np.int64(3)}) == {
+        "y": [1.0, None], "z": [[None, 2]], "n": 3}
+    widget = figure_widget()
+    sync_figure(widget, go.Figure(go.Heatmap(z=[[np.nan, 1.0]])))
+    sync_figure(widget, go.Figure([go.Scatter(y=[np.nan, 2.0], name="a"), go.Bar(y=[1.0])], layout=dict(width=500)))
+    assert [t.type for t in widget.data] == ["scatter", "bar"] and list(widget.data[0].y) == [None, 2.0]
+    json.dumps(widget._widget_data, allow_nan=False)           # the whole state a late plot starts from
+    assert widget._widget_data[0]["y"] == [None, 2.0] and widget.layout.width is None
+    output = FigureOutput()
+    output.show(go.Figure(go.Scatter(y=[np.nan, 1.0])))
+    json.dumps(output.widget.outputs[0]["data"][PLOTLY_MIME], allow_nan=False)
+
+
+def test_when_finished_shows_results_below_the_dashboard(run):
+    import plotly.graph_objects as go
+
+    trainer = FakeTrainer(run)
+    dash = Dashboard(trainer, background=False)
+    dash.when_finished(lambda t: [go.Figure(go.Scatter(y=[len(t.records)])), "<b>done</b>"])
+    trainer.train()
+    figure, text = dash.results.outputs
+    assert figure["data"][PLOTLY_MIME]["data"][0]["y"] == [len(run)] and text["data"]["text/html"] == "<b>done</b>"
+
+
+def test_clip_explorer_opens_where_adaptive_and_fixed_differ(record):
+    from a2tgpo_lab.viz.clip_explorer import most_adaptive_turn
+
+    explorer = ClipExplorer(record=record)
+    i, k = explorer.rollout.value, explorer.turn.value
+    assert (i, k) == most_adaptive_turn(record)
+    trained = np.isfinite(record.advantages)
+    assert abs(record.clip_factor[i, k - 1] - 1) == np.abs(np.where(trained, record.clip_factor, 1) - 1).max() > 0
+    assert ClipExplorer().record_menus.layout.display == "none"        # no empty menus without a record
+
+
+def test_inspector_probe_line_uses_the_viewed_rollouts_gold(record):
+    from a2tgpo_lab.viz.inspector import probe_text_for
+
+    other = next(i for i in range(len(record.questions)) if record.answers[i][0] != record.answers[0][0])
+    text = probe_text_for(record, other)
+    assert text.endswith(record.probe_text[record.probe_text.rfind(record.answers[0][0]) + len(record.answers[0][0]):])
+    assert record.answers[other][0] in text and record.answers[0][0] not in text
+    assert html.escape(text) in rollout_html(record, other)
+
+
+def test_real_trainer_pauses_between_steps_and_says_so(tmp_path):
+    """pause() takes effect after the current step; on_pause fires once the trainer waits; resume finishes."""
+    from a2tgpo_lab import preset
+    from a2tgpo_lab.envs.search import bundled_search_tool
+    from a2tgpo_lab.envs.world import load_split
+    from a2tgpo_lab.tiny import build_tiny_qwen, build_word_tokenizer
+    from a2tgpo_lab.trainer import A2TGPOTrainer
+
+    train = load_split("train")[:4]
+    tokenizer = build_word_tokenizer([e.question + " " + " ".join(e.answers) for e in train])
+    model = build_tiny_qwen(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    cfg = preset("a2tgpo", max_steps=3, num_prompts_per_step=1, num_generations=2, max_turns=2, eval_steps=100,
+                 save_steps=100, max_new_tokens_per_turn=6, output_dir=str(tmp_path), seed=0)
+    trainer = A2TGPOTrainer(cfg, model=model, tokenizer=tokenizer, train_examples=train, eval_examples=train[:1],
+                            tool=bundled_search_tool(topk=1))
+    waiting = threading.Event()
+
+    class PauseAfterFirstStep:
+        def on_step_end(self, trainer, record):
+            if record.step == 0:
+                trainer.pause()
+
+        def on_pause(self, trainer):
+            waiting.set()
+
+    trainer.add_callback(PauseAfterFirstStep())
+    dash = Dashboard(trainer, background=False)
+    thread = trainer.train_in_background()
+    assert waiting.wait(timeout=120)
+    assert trainer.paused and trainer.global_step == 1 and "paused after step 1" in dash.status.value
+    dash.resume_button.click()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and trainer.global_step == 3 and "finished step 3 / 3" in dash.status.value

@@ -248,7 +248,8 @@ def clip_fraction_figure(history: Iterable):
         fig.add_annotation(text="no clip metrics logged yet", showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     peak = max([0.0] + [abs(y) for trace in fig.data for y in trace.y if y is not None])
     fig.update_layout(template=TEMPLATE, height=340, xaxis_title="step", yaxis_title="clipped share of model tokens",
-                      title="clip fraction per turn index" + (" (no token clipped yet)" if fig.data and peak == 0 else ""),
+                      title="clip fraction per turn index"
+                      + (" (no token clipped yet)" if fig.data and peak == 0 else ""),
                       yaxis_range=[0, max(0.05, 1.1 * peak)],
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
     return fig

@@ -178,7 +178,8 @@ def ig_misleads_figure(record):
             x=ig[rows, cols], y=factor[rows, cols], mode="markers", name=name, meta={"correct": correct},
             marker=dict(symbol=symbol, size=9, color=[turn_color(c + 1) for c in cols]),
             customdata=np.stack([rows, cols + 1], axis=1) if rows.size else None,
-            hovertemplate="rollout %{customdata[0]} · turn %{customdata[1]}<br>IG %{x:.4f} · c %{y:.3f}<extra></extra>"))
+            hovertemplate="rollout %{customdata[0]} · turn %{customdata[1]}<br>IG %{x:.4f} · c %{y:.3f}"
+                          "<extra></extra>"))
     misleading = ig_misleads(record)
     fig.add_trace(go.Scatter(
         x=[m["ig"] for m in misleading], y=[m["clip_factor"] for m in misleading], mode="markers+text",

@@ -230,7 +230,11 @@ class Dashboard(StaticFallback):
         self._dirty = True
 
     def on_evaluate(self, trainer: Any, metrics: dict) -> None:
-        self._dirty = True                          # the eval metrics arrive through trainer.history
+        """The eval metrics arrive through trainer.history; an evaluation after training (or before it)
+        has no refresher to draw it, so it is drawn at once (the status then shows the final EM)."""
+        self._dirty = True
+        if self._refresher is None or not self._refresher.is_alive():
+            self.refresh()
 
     def on_pause(self, trainer: Any) -> None:
         """The trainer finished its step and now waits: say so at once."""
@@ -408,7 +412,8 @@ class Dashboard(StaticFallback):
         evals = [row for row in history if row.get("eval/em") is not None]
         if evals:
             step = evals[-1].get("step")
-            parts.append(f"eval/em {evals[-1]['eval/em']:.3f}" + (f" (at step {int(step)})" if step is not None else ""))
+            parts.append(f"eval/em {evals[-1]['eval/em']:.3f}"
+                         + (f" (at step {int(step)})" if step is not None else ""))
         parts.append(f"{kept} records kept · redrawn {self.draw_count}×")
         if self._error:
             parts.append(f"<span style='color:#b2182b'>view error: {html.escape(self._error)}</span>")

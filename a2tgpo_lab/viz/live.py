@@ -65,22 +65,17 @@ def _replacement(current: dict, new: dict) -> dict:
 
 
 def figure_widget(fig=None, **layout):
-    """A new FigureWidget showing ``fig`` (or nothing), its payload JSON-safe, filling the output width."""
+    """A new FigureWidget showing ``fig`` (or nothing) from its first message on (the state a widget is
+    created with always reaches the browser, edits may not: see the module docstring), JSON-safe, and
+    filling the output's width."""
     import plotly.graph_objects as go
 
-    widget = go.FigureWidget(layout=dict(template=_template(fig), autosize=True, **layout))
-    if fig is not None:
-        sync_figure(widget, fig)
-    return widget
-
-
-def _template(fig):
-    """The template to create a widget with (set once: it is large and never changes)."""
     from .style import TEMPLATE
 
-    if fig is not None and fig.layout.template is not None and fig.layout.template.to_plotly_json():
-        return fig.layout.template
-    return TEMPLATE
+    state = json_safe(fig.to_plotly_json()) if fig is not None else {"data": [], "layout": {"template": TEMPLATE}}
+    state["layout"].pop("width", None)
+    state["layout"].update(autosize=True, **layout)
+    return go.FigureWidget(state)
 
 
 def sync_figure(widget, fig) -> None:

@@ -153,7 +153,8 @@ def response_length_figure(runs: Any):
         steps, mean = _series(rows, "completions/mean_length")
         if steps:
             fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", line=dict(color=color, width=2),
-                                     name=f"{name}: mean", legendgroup=name, meta={"metric": "completions/mean_length"}))
+                                     name=f"{name}: mean", legendgroup=name,
+                                     meta={"metric": "completions/mean_length"}))
     if not fig.data:
         _empty_note(fig, "no completions/*_length logged")
     return _layout(fig, "response length: model tokens per rollout (min, mean, max)", "tokens")

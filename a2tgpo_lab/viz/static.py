@@ -74,11 +74,13 @@ def show(view, path: Optional[str | Path] = None) -> Optional[Path]:
     if path is None and _in_ipython():
         from IPython.display import HTML, display
 
+        from .live import json_safe   # Jupyter's messages refuse NaN: a figure with one would not arrive
+
         for part in parts:
             if isinstance(part, str):
                 display(HTML(part))
             else:
-                display({PLOTLY_MIME: part.to_plotly_json(), "text/html": figure_html(part)}, raw=True)
+                display({PLOTLY_MIME: json_safe(part.to_plotly_json()), "text/html": figure_html(part)}, raw=True)
         return None
     body = "\n".join(part if isinstance(part, str) else figure_html(part, "cdn" if n == 0 else False)
                      for n, part in enumerate(parts))
