@@ -54,6 +54,24 @@ class _DropKernelsNotice(logging.Filter):
 
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropKernelsNotice())
+# peft reads the deprecated `is_gradient_checkpointing` property when it wraps a model, and transformers 5 warns
+# about it (a FutureWarning about peft's code, not the user's): silenced by its exact message.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def _no_transformers_progress_bars() -> Iterator[None]:
+    """Hide transformers' "Loading weights" / "Writing model shards" bars for one load or save: a trainer and
+    every checkpoint would otherwise print a stack of them. Bars the user enabled elsewhere come back after."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 # --------------------------------------------------------------------------- where the model comes from
@@ -332,12 +350,13 @@ def load_model_and_tokenizer(cfg: Optional[A2TGPOConfig] = None, *, model_name_o
     if quantized:
         _require_bitsandbytes()
         quantization_config = quantization_config or nf4_quantization_config(target)
-    model = _from_hub_or_local(AutoModelForCausalLM.from_pretrained, base_dir, dtype=dtype,
-                               quantization_config=quantization_config, device_map={"": str(target)})
-    if is_gguf_source(settings.model_name_or_path, settings.gguf_file) and not adapter_dir:
+    with _no_transformers_progress_bars():
+        model = _from_hub_or_local(AutoModelForCausalLM.from_pretrained, base_dir, dtype=dtype,
+                                   quantization_config=quantization_config, device_map={"": str(target)})
+    recorded = base if adapter_dir else model_source_name(settings.model_name_or_path, settings.gguf_file)
+    if is_gguf_source(recorded):
         # record "smollm2-135m" (or the .gguf path), not the cache directory, as the base of saved policies
-        model.name_or_path = model_source_name(settings.model_name_or_path, settings.gguf_file)
-        model.config._name_or_path = model.name_or_path
+        model.name_or_path = model.config._name_or_path = recorded
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config.pad_token_id is None:
@@ -444,9 +463,11 @@ def save_policy(model, directory) -> Path:
     if is_peft_model(model):
         # The base vocabulary is never resized here, so the base embedding is never saved; peft's "auto" would
         # look the base model up on the Hub to check that, which hangs or warns without a network.
-        model.save_pretrained(directory, save_embedding_layers=False)
+        with _no_transformers_progress_bars():
+            model.save_pretrained(directory, save_embedding_layers=False)
     else:
-        model.save_pretrained(directory)  # safetensors is the default format of both transformers 5 and peft
+        with _no_transformers_progress_bars():
+            model.save_pretrained(directory)  # safetensors is the default format of both transformers 5 and peft
     info = {"format": "lora" if is_peft_model(model) else "full",
             "base_model_name_or_path": (model.get_base_model() if is_peft_model(model) else model).name_or_path}
     (directory / POLICY_INFO_FILE).write_text(json.dumps(info, indent=2))

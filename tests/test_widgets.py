@@ -485,3 +485,14 @@ def test_real_trainer_pauses_between_steps_and_says_so(tmp_path):
     dash.resume_button.click()
     thread.join(timeout=120)
     assert not thread.is_alive() and trainer.global_step == 3 and "finished step 3 / 3" in dash.status.value
+
+
+def test_an_evaluation_after_training_reaches_the_status(run):
+    trainer = FakeTrainer(run)
+    dash = Dashboard(trainer, update_interval=0.0, background=True)
+    trainer.train()
+    dash._refresher.join()
+    trainer.history[-1]["eval/em"] = 0.875          # what trainer.evaluate() merges into the last row
+    trainer.emit("on_evaluate", {"eval/em": 0.875})
+    assert f"finished step {len(run)} / {len(run)}" in dash.status.value
+    assert f"eval/em 0.875 (at step {run[-1].step})" in dash.status.value
