@@ -120,8 +120,6 @@ def run_one(rung: str, seed: int, args, shared: dict, clip_beta: Optional[float]
     """Train one (rung, seed) and return its JSON row."""
     import tempfile
 
-    import torch
-
     from a2tgpo_lab import A2TGPOTrainer, preset
 
     overrides = run_overrides(args)
@@ -154,8 +152,6 @@ def run_one(rung: str, seed: int, args, shared: dict, clip_beta: Optional[float]
            "curve": curve, "dev": dev, "test": test, "train": [_finite_dict(s) for s in steps],
            "step0": turn_table(trainer.records[0]) if trainer.records else None,
            "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
-    del trainer
-    torch.set_num_threads(torch.get_num_threads())
     return row
 
 
@@ -260,7 +256,7 @@ def summarize(rows: list[dict], seed: int = 0) -> dict:
         for split in ("dev", "test"):
             entry[split] = bootstrap_ci([np.array([q["em"] for q in r[split]]) for r in runs], rng)
             entry[f"{split}_seed_means"] = [float(np.mean([q["em"] for q in r[split]])) for r in runs]
-            for key, values in (("qtype", None), ("hops", None)):
+            for key in ("qtype", "hops"):
                 labels = sorted({q[key] for r in runs for q in r[split]}, key=str)
                 entry[f"{split}_by_{key}"] = {
                     str(label): bootstrap_ci([np.array([q["em"] for q in r[split] if q[key] == label]) for r in runs],
@@ -440,7 +436,7 @@ def figures(rows: list[dict], img_dir: Path, prefix: str) -> list[Path]:
         written.append(path)
 
     fig = go.Figure()
-    for name, points in curves(rows).items():
+    for name, points in curves([r for r in rows if group_key(r) == r["rung"]]).items():
         steps = [int(s) for s in points]
         mean = [v[0] for v in points.values()]
         fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines+markers", name=name, line=dict(color=COLORS.get(name))))

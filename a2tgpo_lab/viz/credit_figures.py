@@ -73,7 +73,7 @@ def credit_flow_figure(record):
     ig = np.asarray(record.ig, dtype=float)
     width = int(np.max(record.num_tool_turns, initial=0)) + 1          # tool turns + the answer turn
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08, subplot_titles=(
-        "1. raw IG = pₖ − pₖ₋₁", "2. normalized IG", "3. advantage Aₜ (ΔĀₜ = A²TGPO − IGPO)"))
+        "1. raw IG = pₖ − pₖ₋₁", "2. normalized IG", "3. advantage Aₜ"))
     turns, mean, std = _per_turn(ig, width)
     fig.add_trace(go.Scatter(x=turns, y=mean, error_y=dict(type="data", array=std), mode="markers+lines",
                              name="raw IG (shared)", line=dict(color="gray"), meta={"panel": "ig"}), row=1, col=1)
@@ -92,15 +92,15 @@ def credit_flow_figure(record):
                 means_by_method[name] = dict(zip(turns, mean))
     for turn in sorted(set(means_by_method["igpo"]) & set(means_by_method["a2tgpo"])):
         delta = means_by_method["a2tgpo"][turn] - means_by_method["igpo"][turn]
-        fig.add_annotation(x=turn, y=1.0, xref="x3", yref="y3 domain", text=f"ΔĀₜ={delta:+.2f}", showarrow=False,
-                           font=dict(size=11), yanchor="bottom")
+        fig.add_annotation(x=turn, y=0.99, xref="x3", yref="y3 domain", text=f"ΔĀₜ={delta:+.2f}", showarrow=False,
+                           font=dict(size=11), yanchor="top", bgcolor="rgba(255,255,255,0.8)")
     for col in (1, 2, 3):
         fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), row=1, col=col)
     fig.update_xaxes(title_text="turn k", dtick=1)
-    fig.update_layout(template=TEMPLATE, height=400, margin=dict(t=110),
-                      title=f"credit per turn, IGPO vs A²TGPO on the same batch (step {record.step}; "
-                            "markers: mean over rollouts, bars: ±1 std)",
-                      legend=dict(orientation="h", yanchor="bottom", y=1.12, xanchor="right", x=1))
+    fig.update_layout(template=TEMPLATE, height=430, margin=dict(t=80, b=90),
+                      title=f"credit per turn, IGPO vs A²TGPO on the same batch (step {record.step}; markers: mean "
+                            "over rollouts, bars: ±1 std; ΔĀₜ = A²TGPO − IGPO)",
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="center", x=0.5))
     return fig
 
 
