@@ -401,8 +401,8 @@ def markdown(table: dict, label: str) -> str:
              "| clip frac | CPU s/run |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in table.items():
         paper = f"{PAPER_EM[name]:.2f}" if name in PAPER_EM else "–"
-        lines.append(f"| {name} | {paper} | {_ci(e['dev'])} | {_ci(e['test'])} | {len(e['seeds'])} | "
-                     f"{e['dev_turns']:.2f} | {e['dev_searches']:.2f} | {e['clip_frac']:.3f} | {e['cpu_s']:.0f} |")
+        lines.append(f"| {name} | {paper} | {_ci(e['dev'])} | {_ci(e['test'])} | {len(e['seeds']) or '–'} | "
+                     f"{e['dev_turns']:.2f} | {e['dev_searches']:.2f} | {_num(e['clip_frac'], 3)} | {_num(e['cpu_s'], 0)} |")
     qtypes = sorted({q for e in table.values() for q in e["dev_by_qtype"]})
     hops = sorted({h for e in table.values() for h in e["dev_by_hops"]})
     lines += ["", f"Dev EM by question type and hop count ({label}):", "",
@@ -413,6 +413,10 @@ def markdown(table: dict, label: str) -> str:
         cells += [f"{e['dev_by_hops'][h][0]:.2f}" if h in e["dev_by_hops"] else "–" for h in hops]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _num(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "–"
 
 
 def _ci(value) -> str:

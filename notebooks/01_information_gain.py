@@ -16,6 +16,10 @@
 # - $p_t$ over the turns of real rollouts of the bundled model, and the information gain (IG) of each search;
 # - probability difference (the default) vs log-probability difference;
 # - why IG needs the gold answer, and what that means for when it can be used.
+#
+# *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 21 s, smoke setting 15
+# s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one

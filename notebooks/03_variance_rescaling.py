@@ -17,6 +17,10 @@
 # - advantage spread vs turn depth with and without $\sqrt n$, on a real batch;
 # - the discount γ and the exact-γ variant of the divisor;
 # - what the per-turn-index groups cannot tell the policy: whether to take another turn.
+#
+# *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 14 s, smoke setting 16
+# s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one

@@ -22,6 +22,10 @@
 # | `ig/nonfinite_count` > 0 | the metric | a NaN/−inf probe score | dropped and counted, never trained on; check dtype and the gold answer |
 # | the model never answers | `answer_rate`, `format_error_rate`, all rewards equal | no warm start, wrong chat template or stop token | SFT first; check `tokenizer.chat_template`, the EOS token |
 # | turns cut in the middle | `end_reason` = `malformed` (unbalanced tags) | `max_new_tokens_per_turn` too small | raise it (real models need 256 or more) |
+#
+# *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 11 s, smoke setting 9
+# s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one

@@ -125,9 +125,9 @@ def browser_page(shots: Path):
 def run_all(page, url: str, notebook: Path) -> None:
     """Open ``notebook`` in JupyterLab, wait for its kernel, and run all cells from the Run menu."""
     page.goto(f"{url}/lab/tree/{notebook.name}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=30_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     # The kernel (auto-started, see lab_server) reports idle in the status bar: the notebook is ready.
-    page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=30_000)
+    page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=90_000)
     page.keyboard.press("Control+b")                   # hide the file browser: more room for the outputs
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator("li.lm-Menu-item[data-command='runmenu:run-all']").click()
@@ -155,7 +155,7 @@ def drive_the_notebook(page, url: str, shots: Path) -> None:
     run_all(page, url, NOTEBOOK)
 
     # Widgets: the clip explorer's sliders and figure, the dashboard's figures.
-    page.wait_for_selector(".jp-OutputArea-output .widget-slider >> nth=4", timeout=45_000)
+    page.wait_for_selector(".jp-OutputArea-output .widget-slider >> nth=4", timeout=120_000)
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=30_000)
     assert page.locator(".jp-OutputArea-output .widget-slider").count() == 5   # 4 in the explorer, 1 step slider
     # Plotly draws asynchronously: wait for the explorer's curves (objective, unclipped, gradient; two panels).

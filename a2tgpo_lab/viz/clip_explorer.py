@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import RATIO_LEVELS, A2TGPOConfig
 from .clip_figures import clip_surrogate_figure
-from .live import sync_figure
+from .live import figure_widget, sync_figure
 from .static import StaticFallback
 from .style import check_record
 
@@ -53,7 +53,6 @@ class ClipExplorer(StaticFallback):
     def __init__(self, ig_norm: float = 1.0, advantage_sign: float = 1.0, beta: float = 0.3,
                  ratio_level: str = "turn", record=None):
         import ipywidgets as widgets
-        import plotly.graph_objects as go
 
         eps_low, eps_high = epsilon_preset(ratio_level)
         wide = widgets.Layout(width="360px")
@@ -82,7 +81,7 @@ class ClipExplorer(StaticFallback):
         self.record_menus = widgets.HBox([self.rollout, self.turn], layout=widgets.Layout(display="none"))
         self.record = None
         self._hold_depth = 0
-        self.figure = go.FigureWidget(self.current_figure())
+        self.figure = figure_widget(self.current_figure())
         self.widget = widgets.VBox([
             widgets.HBox([self.ratio_level, self.sign]), widgets.HBox([self.beta, self.ig_norm]),
             widgets.HBox([self.eps_low, self.eps_high]), self.record_menus,

@@ -75,7 +75,17 @@ def figure_widget(fig=None, **layout):
     state = json_safe(fig.to_plotly_json()) if fig is not None else {"data": [], "layout": {"template": TEMPLATE}}
     state["layout"].pop("width", None)
     state["layout"].update(autosize=True, **layout)
-    return go.FigureWidget(state)
+    widget = go.FigureWidget(state)
+    # The browser reports each new view of the widget (_view_count); refit the width once it is drawn.
+    widget.observe(lambda change: _refit_width(widget) if (change["new"] or 0) > (change["old"] or 0) else None,
+                   names="_view_count")
+    return widget
+
+
+def _refit_width(widget) -> None:
+    """Make plotly measure the width the plot has now (an edit is sent only on change: None, then True)."""
+    widget.layout.autosize = None
+    widget.layout.autosize = True
 
 
 def sync_figure(widget, fig) -> None:
@@ -95,9 +105,7 @@ def sync_figure(widget, fig) -> None:
             for old, new in zip(widget.data, traces):
                 old.update(_replacement(old.to_plotly_json(), new), overwrite=True)
         widget.layout.update(_replacement(widget.layout.to_plotly_json(), layout), overwrite=True)
-    # Refit the width the plot has now (see the module docstring); an edit is sent only on change.
-    widget.layout.autosize = None
-    widget.layout.autosize = True
+    _refit_width(widget)                      # see the module docstring
     # The whole state, for a plot drawn after the edits were sent (see the module docstring).
     widget._widget_data = copy.deepcopy(widget._data)
     widget._widget_layout = copy.deepcopy(widget._layout_obj._props)
