@@ -127,7 +127,8 @@ class _CachedBatch:
             return
         where = {row: i for i, row in enumerate(self.rows)}
         if self.retired is not None:
-            self.retire([row for row in self.rows if row not in set(rows)])
+            kept = set(rows)
+            self.retire([row for row in self.rows if row not in kept])
         index = torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
         self.cache.batch_select_indices(index)
         self.mask, self.next_position, self.rows = self.mask[index], self.next_position[index], list(rows)

@@ -102,6 +102,16 @@ def clip_by_ig_bucket(record) -> dict[str, list[float]]:
     return dict(out)
 
 
+class CurveRecorder:
+    """Trainer callback: appends (steps completed, greedy EM) at every periodic evaluation."""
+
+    def __init__(self, curve: list):
+        self.curve = curve
+
+    def on_evaluate(self, trainer, metrics: dict) -> None:
+        self.curve.append((trainer.global_step, metrics["eval/em"]))
+
+
 def run_overrides(args) -> dict:
     """Config fields every run of this invocation shares (model, data, controlled, --set)."""
     overrides = dict(args.overrides)
@@ -133,9 +143,9 @@ def run_one(rung: str, seed: int, args, shared: dict, clip_beta: Optional[float]
                                 tool=shared["tool"], keep_records=args.steps)
         if "start_curve" not in shared:  # the start model is the same for every run: evaluate it once
             shared["start_curve"] = trainer.evaluate()["eval/em"]
+        curve = [(0, shared["start_curve"])]
+        trainer.add_callback(CurveRecorder(curve))
         trainer.train()
-        curve = [(0, shared["start_curve"])] + [(int(h["step"]), h["eval/em"]) for h in trainer.history
-                                                if "eval/em" in h and h["step"] > 0]
         dev = eval_rows(trainer.model, trainer.tokenizer, shared["dev"][:args.eval_n], shared["tool"], cfg)
         test = eval_rows(trainer.model, trainer.tokenizer, shared["test"][:args.test_n], shared["tool"], cfg)
     curve.append((args.steps, float(np.mean([r["em"] for r in dev[:args.curve_n]]))))
