@@ -19,7 +19,7 @@
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
 # (about the wall time on an idle machine; how: `notebooks/README.md`): default setting about 2 minutes (the
-# 40-step run with its two evaluations took 104 s of CPU), smoke setting 16 s.*
+# 40-step run with its two evaluations took 104 s of CPU), smoke setting 15 s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one

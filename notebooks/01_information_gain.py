@@ -18,7 +18,7 @@
 # - why IG needs the gold answer, and what that means for when it can be used.
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
-# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 21 s, smoke setting 15
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 21 s, smoke setting 14
 # s.*
 
 # %% tags=["parameters"]

@@ -19,7 +19,7 @@
 # - what the per-turn-index groups cannot tell the policy: whether to take another turn.
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
-# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 14 s, smoke setting 16
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 14 s, smoke setting 13
 # s.*
 
 # %% tags=["parameters"]

@@ -19,7 +19,7 @@
 # - when IG misleads on real rollouts: the first search's IG, and correct later hops with a negative IG.
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
-# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 28 s, smoke setting 23
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting 28 s, smoke setting 16
 # s.*
 
 # %% tags=["parameters"]

@@ -23,7 +23,7 @@
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
 # (about the wall time on an idle machine; how: `notebooks/README.md`): default setting about 3 minutes (177 s
-# of CPU), smoke setting 22 s.*
+# of CPU), smoke setting 20 s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one

@@ -23,7 +23,7 @@
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
 # (about the wall time on an idle machine; how: `notebooks/README.md`): CPU fallback of the default setting 26
-# s, smoke setting 16 s.*
+# s, smoke setting 17 s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one
