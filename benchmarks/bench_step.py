@@ -185,7 +185,7 @@ def scaling_benchmark(args, tokenizer, world) -> None:
                                 intermediate_size=3 * hidden)
         force_search_turns(model, tokenizer, entities)
         base = dict(output_dir=tempfile.mkdtemp(prefix="bench_step_"), num_prompts_per_step=args.scaling_prompts,
-                    max_completion_length=1024, **overrides)
+                    max_completion_length=512, controlled=True, **overrides)
         configs = {"on": preset("a2tgpo", **base), "off": preset("a2tgpo", **base, **ALL_OFF),
                    "grpo": preset("grpo", **base)}
         medians = alternate(EqualWorkStep(model, tokenizer, (train, dev, tool)), configs, args.repeats)

@@ -363,7 +363,8 @@ def first_search_credit(rows: list[dict]) -> dict:
             query = table["first_query"][b]
             kind = ("careful" if query == example.meta["queries"][0] else
                     "lazy" if query == example.meta["trap_query"] else "other")
-            values = (table["ig"][b][0], table["ig_norm"][b][0], table["advantages"][b][0], table["outcome_reward"][b])
+            values = tuple(math.nan if v is None else v for v in (  # None: a dropped (NaN) value
+                table["ig"][b][0], table["ig_norm"][b][0], table["advantages"][b][0], table["outcome_reward"][b]))
             kinds[(row["rung"], kind)].append(values)
             groups[prompt][kind].append(values)
         for by_kind in groups.values():
