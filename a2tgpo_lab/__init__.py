@@ -23,6 +23,7 @@ _LAZY = {
     "broadcast_to_tokens": "advantages", "ADVANTAGE_ESTIMATORS": "advantages",
     "register_advantage_estimator": "advantages", "AdvantageResult": "advantages",
     "adaptive_clip_factor": "clipping", "clip_bounds": "clipping", "turn_clip_factors": "clipping",
+    "turn_credit": "credit", "TurnCredit": "credit",
     "policy_loss": "loss", "aggregate": "loss", "aggregation_units": "loss",
     "exact_match": "rewards", "f1_score": "rewards", "outcome_reward": "rewards", "normalize_answer": "rewards",
     # the world, rollouts and the probe

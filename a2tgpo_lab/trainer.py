@@ -5,8 +5,7 @@ One call of :meth:`A2TGPOTrainer.step` is one RL step::
     examples   = the next num_prompts_per_step questions (a seeded permutation per epoch)
     traj       = generate_rollouts(policy, examples × G)             # π_old samples, multi-turn, tool calls
     p, IG      = probe the gold answer after every tool turn         # §1 (skipped by GRPO)
-    A, Ĩ, õ    = compute_advantages(cfg, IG, outcome, ...)          # §3-§4, estimator by name
-    c, bounds  = adaptive clip factors per turn                      # §5
+    A, c, bounds = turn_credit(cfg, IG, outcome, ...)                # §3-§5: estimator by name, clip per turn
     for iteration, mini-batch:  loss = policy_loss(...); step       # §6
     record     = StepRecord(...)                                     # what every view, log and test reads
 
@@ -175,8 +174,7 @@ class A2TGPOTrainer:
     # ------------------------------------------------------------------ one RL step
     def step(self) -> StepRecord:
         """Run one RL step (see the module docstring) and return its record."""
-        from .advantages import broadcast_to_tokens, compute_advantages
-        from .clipping import clip_bounds, turn_clip_factors
+        from .credit import turn_credit
         from .info_gain import information_gain, search_context_ends
         from .probe import score_probes
         from .rollout import generate_rollouts, recompute_old_logprobs
@@ -212,15 +210,10 @@ class A2TGPOTrainer:
                 ig = torch.full((B, T), float("nan"))
                 p = torch.full((B, T + 1), float("nan"))
 
-        adv = compute_advantages(cfg, ig.cpu(), traj.outcome_reward.cpu(), traj.prompt_index.cpu(),
-                                 traj.num_tool_turns.cpu())
-        clip_factor = turn_clip_factors(cfg, adv.ig_norm, adv.outcome_norm, traj.num_tool_turns.cpu())
-        clip_low, clip_high = clip_bounds(clip_factor, cfg.epsilon, cfg.epsilon_high)
-
-        turn_ids, loss_mask = traj.turn_ids, traj.loss_mask
-        token_adv = broadcast_to_tokens(adv.advantages.to(self.device), turn_ids, loss_mask)
-        token_low = broadcast_to_tokens(clip_low.to(self.device), turn_ids, loss_mask)
-        token_high = broadcast_to_tokens(clip_high.to(self.device), turn_ids, loss_mask)
+        credit = turn_credit(cfg, ig.cpu(), traj.outcome_reward.cpu(), traj.prompt_index.cpu(),
+                             traj.num_tool_turns.cpu(), traj.turn_ids, traj.loss_mask)
+        adv, clip_factor, clip_low, clip_high = credit.advantages, credit.clip_factor, credit.clip_low, credit.clip_high
+        token_adv, token_low, token_high = credit.token_advantages, credit.token_clip_low, credit.token_clip_high
 
         # The update, the step counter and the step's log lines are one unit: Ctrl-C / SIGTERM wait until all
         # are done, so a checkpoint never holds updated weights under the old step number.

@@ -10,23 +10,19 @@ bridge, in three small steps:
                                     released A²TGPO code writes them: IG of turn k somewhere in turn k's
                                     span (its last model token, or the end of its observation), the
                                     outcome at the last model token (or after it).
-3. ``turn_credit``                  §3-§5 of one batch with the package's functions —
-                                    ``compute_advantages`` → clip factors → ``clip_bounds`` →
-                                    ``broadcast_to_tokens`` — i.e. what every model token is trained with.
+3. ``turn_credit``                  §3-§5 of one batch (``a2tgpo_lab.credit``, the same call the
+                                    package's trainer makes): what every model token is trained with.
 
 Turn boundaries come from explicit turn ids or from the model-token mask, never from where a reward
 is non-zero: a turn whose IG is exactly 0 stays its own turn.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from ..advantages import AdvantageResult, broadcast_to_tokens, compute_advantages
-from ..clipping import clip_bounds, turn_clip_factors
-from ..config import A2TGPOConfig
+from ..credit import TurnCredit, turn_credit  # noqa: F401  (re-exported: the adapters' entry point)
 
 
 def turn_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -132,40 +128,3 @@ def write_ig_to_token_rewards(token_rewards: torch.Tensor, ig: torch.Tensor, tur
         rows = has.nonzero().flatten()
         out[rows, last[rows]] += ig[rows, k - 1].to(out.dtype)
     return out
-
-
-@dataclass
-class TurnCredit:
-    """What one batch is trained with (§3-§5), per turn and per token.
-
-    advantages: the estimator's :class:`~a2tgpo_lab.advantages.AdvantageResult` (per turn, [B, T]).
-    clip_factor, clip_low, clip_high: [B, T] c and the ratio bounds 1 − c·ε_low, 1 + c·ε_high.
-    token_advantages, token_clip_low, token_clip_high: [B, L], the turn's value at each model token, 0
-    elsewhere.
-    """
-
-    advantages: AdvantageResult
-    clip_factor: torch.Tensor
-    clip_low: torch.Tensor
-    clip_high: torch.Tensor
-    token_advantages: torch.Tensor
-    token_clip_low: torch.Tensor
-    token_clip_high: torch.Tensor
-
-
-def turn_credit(cfg: A2TGPOConfig, ig: torch.Tensor, outcome: torch.Tensor, prompt_index: torch.Tensor,
-                num_tool_turns: torch.Tensor, turn_ids: torch.Tensor, loss_mask: torch.Tensor) -> TurnCredit:
-    """Advantages and clip bounds of a batch, per turn and broadcast to its model tokens.
-
-    ig [B, T] (NaN past K_i), outcome [B], prompt_index [B] (the group of each rollout), num_tool_turns
-    [B], turn_ids [B, L], loss_mask [B, L]. Every model token's turn must have a column in T.
-    """
-    adv = compute_advantages(cfg, ig, outcome, prompt_index, num_tool_turns)
-    factor = turn_clip_factors(cfg, adv.ig_norm, adv.outcome_norm, num_tool_turns)
-    low, high = clip_bounds(factor, cfg.epsilon, cfg.epsilon_high)
-    device = turn_ids.device
-    return TurnCredit(
-        advantages=adv, clip_factor=factor, clip_low=low, clip_high=high,
-        token_advantages=broadcast_to_tokens(adv.advantages.to(device), turn_ids, loss_mask),
-        token_clip_low=broadcast_to_tokens(low.to(device), turn_ids, loss_mask),
-        token_clip_high=broadcast_to_tokens(high.to(device), turn_ids, loss_mask))
