@@ -14,28 +14,27 @@ import numpy as np
 from .records import StepRecord
 
 
-def _nanmean(x) -> float:
+def _finite_reduce(x, reduce) -> float:
+    """``reduce`` over the finite entries of ``x``; NaN when there are none."""
     x = np.asarray(x, dtype=float)
     x = x[np.isfinite(x)]
-    return float(x.mean()) if x.size else float("nan")
+    return float(reduce(x)) if x.size else float("nan")
+
+
+def _nanmean(x) -> float:
+    return _finite_reduce(x, np.mean)
 
 
 def _nanstd(x) -> float:
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return float(x.std()) if x.size else float("nan")
+    return _finite_reduce(x, np.std)
 
 
 def _nanmin(x) -> float:
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return float(x.min()) if x.size else float("nan")
+    return _finite_reduce(x, np.min)
 
 
 def _nanmax(x) -> float:
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return float(x.max()) if x.size else float("nan")
+    return _finite_reduce(x, np.max)
 
 
 def sampled_entropy(old_logprobs, loss_mask) -> dict[str, float]:

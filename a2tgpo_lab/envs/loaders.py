@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import DataError, MissingFileError
+from .jsonl import jsonl_rows
 from .qa import QAExample
 
 ANSWER_FIELDS = ("golden_answers", "answers", "answer")
@@ -85,20 +86,7 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
             raise DataError(f"Question file {path}: a .json question file must hold a list of row objects.")
         yield from enumerate(rows, start=1)
     else:
-        with open(path, "rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise DataError(f"Question file {path}, row {line_number}: not UTF-8 text; save the file as "
-                                    "UTF-8.") from None
-                if not line.strip():
-                    continue
-                try:
-                    yield line_number, json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"Question file {path}, row {line_number}: not valid JSON ({error.msg}); "
-                                    "each line must be one JSON object.") from None
+        yield from jsonl_rows(path, "Question file", "JSON object")
 
 
 def _parquet_rows(path: Path) -> list[dict]:

@@ -13,13 +13,13 @@ corpus word returns nothing.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..errors import DataError, MissingFileError
 from ..protocol import format_observation
+from .jsonl import jsonl_rows
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,7 @@ class SearchTool:
         path = Path(path)
         if not path.exists():
             raise MissingFileError(f"Corpus file {path} does not exist.")
-        rows = []
-        with open(path, "rb") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise DataError(f"Corpus file {path}, row {line_number}: not UTF-8 text; save the file as "
-                                    "UTF-8.") from None
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((line_number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"Corpus file {path}, row {line_number}: not valid JSON ({error.msg}); each "
-                                     'line must be one object like {"id": "d1", "contents": "..."}.') from None
+        rows = list(jsonl_rows(path, "Corpus file", 'object like {"id": "d1", "contents": "..."}'))
         # Validate here, where the file's line numbers are known; the rows are then clean.
         ids, contents = _checked_documents(rows, f"Corpus file {path}")
         documents = [{"id": i, "contents": c} for i, c in zip(ids, contents)]
