@@ -9,6 +9,7 @@ import torch
 
 from a2tgpo_lab import PRESETS, preset
 from a2tgpo_lab.trainer import A2TGPOTrainer
+from conftest import assert_same_training
 
 
 def small_config(tmp_path, name="a2tgpo", **overrides):
@@ -74,7 +75,7 @@ def test_resume_equals_uninterrupted(tmp_path, bundled_world):
     rewards_full = [h["reward"] for h in full.history]
     rewards_resumed = [h["reward"] for h in resumed.history]
     assert rewards_full == rewards_resumed
-    torch.testing.assert_close(flat_params(full.model), flat_params(resumed.model), rtol=0, atol=1e-6)
+    assert_same_training(flat_params(full.model), flat_params(resumed.model), learning_rate=1e-3)
     # the log of the split run holds all four steps once
     logged = [json.loads(line)["step"] for line in open(tmp_path / "split" / "metrics.jsonl")]
     assert logged == [0.0, 1.0, 2.0, 3.0]
