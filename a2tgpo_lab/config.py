@@ -197,8 +197,13 @@ class A2TGPOConfig:
         sampler already computed (free; equals a fresh forward to ~1e-6 in float32); ``"recompute"``
         runs one more forward over the finished batch. Use ``"recompute"`` with bf16 / fp16 / 4-bit
         on a GPU, where an incremental decode rounds differently from a full forward.
-    probe_reuse_cache: the IG probe reads the contexts from the rollout's KV cache instead of
-        encoding them again (default True; False = the probe's own encoding pass).
+    probe_while_sampling: score the IG probe inside the rollout, right when each context c_t sits in
+        the sampler's KV cache: the probe tokens are fed after it and cropped off again (default True;
+        equal to a separate probe pass up to float rounding). Not possible, so the probe runs after
+        the rollout, with ``ig_last_context="search"`` (the last context is only known later) or a
+        model whose cache drops old tokens (sliding window).
+    probe_reuse_cache: a probe run after the rollout reads the contexts from the rollout's KV cache
+        instead of encoding them again (default True; False = the probe's own encoding pass).
     scored_logits_only: the lm_head and log-softmax run only at the positions whose tokens the loss
         reads (default True; False = logits at every position, then the loss positions are read).
     share_prompt_prefix: the PPO, reference and recomputed π_old forwards encode each prompt once per
@@ -280,6 +285,7 @@ class A2TGPOConfig:
     gradient_accumulation_steps: int = 1
     micro_batch_tokens: Optional[int] = 2048
     old_logprobs: str = "sampler"
+    probe_while_sampling: bool = True
     probe_reuse_cache: bool = True
     scored_logits_only: bool = True
     share_prompt_prefix: bool = True

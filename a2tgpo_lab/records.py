@@ -50,6 +50,8 @@ class Trajectory:
 
     kv_prefix: the rollout's KV cache with holes removed (``rollout.KVPrefix``) when asked for with
     ``keep_kv=True``, so the IG probe need not encode the contexts again; None otherwise.
+    probe_logprob_mean [B, T+1] float: the IG probe's ℓ_t, scored while sampling when asked for with
+    ``probe=True`` (NaN past K_i); None otherwise. probe_text: that probe's suffix for rollout 0.
     """
 
     input_ids: torch.Tensor
@@ -71,6 +73,8 @@ class Trajectory:
     end_reason: list[str]
     example_ids: list[str] = field(default_factory=list)
     kv_prefix: Optional[Any] = None
+    probe_logprob_mean: Optional[torch.Tensor] = None
+    probe_text: str = ""
 
     @property
     def batch_size(self) -> int:

@@ -27,9 +27,15 @@ temperature (the full distribution, before top-p), in one of two ways (``cfg.old
   the trainer's forward does. With bf16/fp16 weights the incremental decode rounds differently from
   a full forward, so this is the choice for a bf16 GPU run.
 
+With ``probe=True`` the IG probe (probe.py) is scored while sampling: each context c_t is in the
+cache exactly when turn t + 1 is about to start (the prompt, then each observation with the next
+assistant header), so the probe suffix and gold answer are fed after it as one more chunk, their
+log-probs read, and the chunk cropped off the cache again. The probe then costs (K + 1)·|s + a|
+tokens per rollout and no pass over the contexts (``traj.probe_logprob_mean``).
+
 With ``keep_kv=True`` the cache rows of ended rollouts are kept instead of dropped, compacted
-(holes removed) into a :class:`KVPrefix`: the IG probe reads its contexts from it instead of
-encoding them again (probe.py).
+(holes removed) into a :class:`KVPrefix`: a probe scored afterwards reads its contexts from it
+instead of encoding them again (probe.py).
 
 Rules (``A2TGPOConfig``): ``max_new_tokens_per_turn`` caps one turn, ``max_completion_length`` caps
 everything after the prompt (observations included), ``max_turns`` caps the turns — a search in the
@@ -44,12 +50,13 @@ modes give identical greedy rollouts.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 
-from .chat import ObservationTemplate, encode, observation_template, prompt_ids, prompt_options
+from .chat import ObservationTemplate, encode, observation_template, probe_suffix, prompt_ids, prompt_options
 from .config import A2TGPOConfig
 from .envs.qa import QAExample
 from .protocol import Action, get_protocol
@@ -57,6 +64,15 @@ from .records import Trajectory
 
 # Logits alive at once in the old-logprob forward: rows × length × vocab ≤ this (1 GiB of float32).
 _LOGITS_BUDGET = 2**28
+
+
+@dataclass(frozen=True)
+class _ProbeTokens:
+    """One rollout's IG probe after a context: ``tokens`` = probe suffix then gold answer, whose last
+    ``gold_len`` tokens are scored."""
+
+    tokens: tuple[int, ...]
+    gold_len: int
 
 
 @dataclass
@@ -92,8 +108,10 @@ class _CachedBatch:
     ``rows`` (which rollout each cache row belongs to).
     """
 
-    def __init__(self, model, pad_id: int, device: torch.device, keep_kv: bool = False):
+    def __init__(self, model, pad_id: int, device: torch.device, keep_kv: bool = False, temperature: float = 1.0,
+                 timer: Callable[[str], ContextManager] = lambda phase: contextlib.nullcontext()):
         self.model, self.pad_id, self.device = model, pad_id, device
+        self.temperature, self.timer = temperature, timer  # the probe's τ, and the clock its passes run under
         self.cache = None
         self.mask = None
         self.next_position = None
@@ -102,22 +120,75 @@ class _CachedBatch:
         self.retired: Optional[list[tuple[list[int], torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]] = (
             [] if keep_kv else None)
 
-    def start(self, rows: list[int], chunks: list[list[int]]) -> torch.Tensor:
-        """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``.
+    def start(self, rows: list[int], chunks: list[list[int]],
+              probes: Optional[list["_ProbeTokens"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``; return the
+        next-token logits and, given ``probes``, each row's probe score after its chunk (:meth:`probe`).
 
-        Identical chunks (the G rollouts of a prompt all start from it) are encoded once and their
-        cache rows copied."""
+        Identical chunks (the G rollouts of a prompt all start from it) are encoded, and probed, once
+        and their cache rows copied."""
+        keys = [(tuple(chunk), probes[i].tokens if probes else ()) for i, chunk in enumerate(chunks)]
         distinct: dict[tuple, int] = {}
-        copy_of = torch.tensor([distinct.setdefault(tuple(chunk), len(distinct)) for chunk in chunks])
+        copy_of = torch.tensor([distinct.setdefault(key, len(distinct)) for key in keys])
+        firsts = [keys.index(key) for key in distinct]
         self.cache, self.rows = None, list(rows)
         self.mask = torch.zeros(len(distinct), 0, dtype=torch.long, device=self.device)
         self.next_position = torch.zeros(len(distinct), dtype=torch.long, device=self.device)
-        logits = self.feed([list(chunk) for chunk in distinct])
+        logits = self.feed([list(chunks[i]) for i in firsts])
+        scores = self.probe([probes[i] for i in firsts]) if probes else None
         if len(distinct) < len(chunks):
             copy_of = copy_of.to(self.device)
             self.cache.batch_select_indices(copy_of)
             self.mask, self.next_position, logits = self.mask[copy_of], self.next_position[copy_of], logits[copy_of]
-        return logits
+            scores = scores[copy_of.cpu()] if scores is not None else None
+        return logits, scores
+
+    def probe(self, probes: list["_ProbeTokens"], keys: Optional[list] = None) -> torch.Tensor:
+        """ℓ of each cache row's probe read after its cached context, which is left as it was:
+
+            ℓ = (1/|a|) Σ_j log softmax(z_j / τ)[a_j]     z_j: logits predicting gold token a_j
+
+        The probe tokens (suffix s, then gold a) go in as one more right-padded chunk at the row's next
+        positions, logits only where a gold token is predicted. Rows with equal ``keys`` (the same
+        context and probe: rollouts of a prompt that searched alike) are scored once, on a copy of
+        their cache rows; with every row distinct the chunk goes into the cache itself and is cropped
+        off again. Returns [N] float32 on the CPU."""
+        with self.timer("ig_forward"):
+            distinct: dict = {}
+            copy_of = [distinct.setdefault(key, len(distinct)) for key in keys] if keys else list(range(len(probes)))
+            if len(set(copy_of)) == len(probes):
+                scores = self._score(self.cache, self.mask, self.next_position, probes)
+                self.cache.crop(-max(len(p.tokens) for p in probes))  # the context is back as it was
+                return scores
+            from transformers import DynamicCache
+
+            firsts = torch.tensor([copy_of.index(d) for d in range(len(distinct))], device=self.device)
+            cache = DynamicCache([(layer.keys[firsts], layer.values[firsts]) for layer in self.cache.layers])
+            scores = self._score(cache, self.mask[firsts], self.next_position[firsts],
+                                 [probes[int(i)] for i in firsts])
+            return scores[torch.tensor(copy_of)]
+
+    def _score(self, cache, mask: torch.Tensor, next_position: torch.Tensor,
+               probes: list["_ProbeTokens"]) -> torch.Tensor:
+        """The forward of :meth:`probe` after ``cache`` (rows with attention ``mask`` and ``next_position``)."""
+        from .logprobs import logprobs_from_logits
+
+        width = max(len(p.tokens) for p in probes)
+        ids = torch.full((len(probes), width), self.pad_id, dtype=torch.long)
+        real = torch.zeros((len(probes), width), dtype=torch.long)
+        predicts_gold = torch.zeros((len(probes), width), dtype=torch.bool)
+        for i, p in enumerate(probes):
+            ids[i, : len(p.tokens)] = torch.tensor(p.tokens, dtype=torch.long)
+            real[i, : len(p.tokens)] = 1
+            predicts_gold[i, len(p.tokens) - p.gold_len - 1: len(p.tokens) - 1] = True
+        targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[predicts_gold]      # the token each kept logit scores
+        ids, real = ids.to(self.device), real.to(self.device)
+        positions = next_position[:, None] + torch.arange(width, device=self.device)[None, :]
+        logits = self.model(input_ids=ids, attention_mask=torch.cat([mask, real], dim=1), position_ids=positions,
+                            cache=cache, use_cache=True, logits_to_keep=predicts_gold.to(self.device)).logits
+        scores = logprobs_from_logits(logits, targets.to(self.device), self.temperature).logprobs.cpu()
+        gold_len = torch.tensor([p.gold_len for p in probes], dtype=torch.float32)
+        return torch.zeros(len(probes)).index_add_(0, predicts_gold.nonzero()[:, 0], scores.float()) / gold_len
 
     def keep(self, rows: list[int]) -> None:
         """Drop every cache row whose rollout is not in ``rows`` (ended rollouts cost nothing more).
@@ -268,7 +339,8 @@ def generate_rollouts(model, tokenizer, examples: Sequence[QAExample], tool: Cal
                       cfg: A2TGPOConfig, num_generations: Optional[int] = None, greedy: bool = False,
                       generator: Optional[torch.Generator] = None, progress: bool = False,
                       reencode: bool = False, old_logprobs: Optional[str] = None,
-                      keep_kv: bool = False) -> Trajectory:
+                      keep_kv: bool = False, probe: bool = False,
+                      timer: Optional[Callable[[str], ContextManager]] = None) -> Trajectory:
     """Sample ``num_generations`` multi-turn rollouts per example (see the module docstring).
 
     Args:
@@ -285,6 +357,11 @@ def generate_rollouts(model, tokenizer, examples: Sequence[QAExample], tool: Cal
             evaluation never reads them); default ``cfg.old_logprobs``.
         keep_kv: also return the compacted KV cache as ``traj.kv_prefix`` (for the IG probe); it
             stays None for a model whose cache does not hold every past token.
+        probe: score the IG probe of every context c_t while sampling (module docstring) into
+            ``traj.probe_logprob_mean`` [B, T+1] (ℓ_t of the first gold alias, NaN past K_i); it stays
+            None for a model whose cache does not hold every past token.
+        timer: ``timer("ig_forward")`` is entered around each probe pass (the trainer's phase timer, so
+            the probe's time is not counted as sampling).
 
     Returns:
         A right-padded :class:`Trajectory` of B = P·G rollouts, its tensors on the CPU.
@@ -304,20 +381,28 @@ def generate_rollouts(model, tokenizer, examples: Sequence[QAExample], tool: Cal
     stops = stop_token_ids(model, tokenizer, template)
     device = next(model.parameters()).device
 
-    rollouts = []
+    rollouts, probes, probe_text = [], [], ""
     for p, example in enumerate(examples):
         prompt = prompt_ids(tokenizer, example.question, observation_role=cfg.observation_role, **prompt_options(cfg))
         rollouts += [_Rollout(example, p, list(prompt), [0] * len(prompt), [0.0] * len(prompt), [len(prompt)])
                      for _ in range(group)]
+        if probe:
+            suffix = probe_suffix(tokenizer, example.answers[0], **prompt_options(cfg))
+            probe_text = probe_text or suffix.text
+            probes += [_ProbeTokens(tuple(suffix.prefix_ids + suffix.gold_ids), len(suffix.gold_ids))] * group
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            kv_prefix = _run_turns(model, tokenizer, rollouts, tool, cfg, template, stops, pad_id, device, greedy,
-                                   generator, progress, reencode, old_logprobs == "sampler", keep_kv)
+            kv_prefix, probe_scores = _run_turns(model, tokenizer, rollouts, tool, cfg, template, stops, pad_id,
+                                                 device, greedy, generator, progress, reencode,
+                                                 old_logprobs == "sampler", keep_kv, probes or None,
+                                                 timer or (lambda phase: contextlib.nullcontext()))
             traj = _to_trajectory(rollouts, cfg, pad_id)
             traj.kv_prefix = kv_prefix
+            if probe_scores is not None:
+                traj.probe_logprob_mean, traj.probe_text = probe_scores, probe_text
             if old_logprobs == "recompute":
                 traj.old_logprobs = recompute_old_logprobs(model, traj, cfg)
             return traj
@@ -327,14 +412,21 @@ def generate_rollouts(model, tokenizer, examples: Sequence[QAExample], tool: Cal
 
 def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConfig, template: ObservationTemplate,
                stops: set[int], pad_id: int, device, greedy: bool, generator, progress: bool, reencode: bool,
-               sampler_logprobs: bool, keep_kv: bool) -> Optional[KVPrefix]:
+               sampler_logprobs: bool, keep_kv: bool, probes: Optional[list[_ProbeTokens]],
+               timer: Callable[[str], ContextManager]) -> tuple[Optional[KVPrefix], Optional[torch.Tensor]]:
     """Advance every rollout turn by turn until all have ended (fills the rollouts in place); return the
-    compacted cache when ``keep_kv`` (and the model's cache supports it)."""
+    compacted cache when ``keep_kv`` and the probe scores [B, T+1] when ``probes`` (each when the model's
+    cache supports it: every past token kept, so it can be cropped and compacted)."""
     from .logprobs import logprobs_from_logits
 
-    batch = _CachedBatch(model, pad_id, device, keep_kv=keep_kv)
+    batch = _CachedBatch(model, pad_id, device, keep_kv=keep_kv, temperature=cfg.temperature, timer=timer)
     live = list(range(len(rollouts)))
-    logits = batch.start(live, [rollouts[i].ids for i in live])
+    logits, scores = batch.start(live, [rollouts[i].ids for i in live], probes)
+    if probes and not _supports_kv_prefix(batch.cache):
+        probes = None  # a sliding-window cache cannot be cropped back: the caller probes afterwards
+    probe_scores = torch.full((len(rollouts), cfg.max_turns + 1), float("nan")) if probes else None
+    if probes:
+        probe_scores[live, 0] = scores
     turns = range(1, cfg.max_turns + 1)
     if progress:
         from tqdm.auto import tqdm
@@ -400,13 +492,16 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
         # ---- feed the observations (and each turn's last token) to start the next turn
         batch.keep(live)
         if reencode:
-            logits = batch.start(live, [rollouts[i].ids for i in live])
+            logits, _ = batch.start(live, [rollouts[i].ids for i in live])
         else:
             logits = batch.feed([pending[i] for i in live])
+        if probes:  # the cache now ends with c_turn: the observation and the next assistant header
+            probe_scores[batch.rows, turn] = batch.probe([probes[i] for i in batch.rows],
+                                                         keys=[(tuple(rollouts[i].ids), probes[i]) for i in batch.rows])
     if batch.retired is None or not _supports_kv_prefix(batch.cache):
-        return None
+        return None, probe_scores
     batch.retire(batch.rows)
-    return _kv_prefix(batch.retired, len(rollouts))
+    return _kv_prefix(batch.retired, len(rollouts)), probe_scores
 
 
 def _observe(tool, query: str, tokenizer, template: ObservationTemplate, cfg: A2TGPOConfig, last_token: int,

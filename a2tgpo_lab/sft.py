@@ -49,6 +49,28 @@ def bundled_model_dir() -> Path:
     return bundled_data_dir() / "tiny_model"
 
 
+def repeat_by_type(examples: Sequence[QAExample], repeats: int,
+                   repeats_by_type: Optional[Mapping[str, int]] = None) -> list[QAExample]:
+    """Each example ``repeats`` times, or ``repeats_by_type[qtype]`` times for the types listed there.
+
+    Oversampling one question type gives the warm start more demonstrations of a behaviour it copies
+    poorly (e.g. ``{"multi_part": 6}``). The order is round by round (every example once, then again),
+    so without overrides the result equals ``list(examples) * repeats``.
+    """
+    repeats_by_type = dict(repeats_by_type or {})
+    present = {example.qtype for example in examples}
+    for qtype, count in [("repeats", repeats)] + list(repeats_by_type.items()):
+        if not isinstance(count, int) or count < 0:
+            raise ValueError(f"repeat_by_type: {qtype}={count!r} must be a non-negative integer.")
+    unknown = sorted(set(repeats_by_type) - present)
+    if unknown:
+        raise ValueError(f"repeat_by_type: repeats_by_type names {unknown}, which no example has; "
+                         f"the examples' types are {sorted(present)}.")
+    counts = [repeats_by_type.get(example.qtype, repeats) for example in examples]
+    return [example for round_ in range(max(counts, default=0))
+            for example, count in zip(examples, counts) if count > round_]
+
+
 def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str], rng: random.Random,
                         shortcut_rate: float = 0.7, rename_rate: float = 0.0,
                         entities: Optional[Mapping[str, Sequence[str]]] = None,

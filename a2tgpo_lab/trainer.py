@@ -185,12 +185,14 @@ class A2TGPOTrainer:
         examples = self.batch_examples(step)
         generator = torch.Generator(device="cpu").manual_seed(self._rollout_seed(cfg.seed * 1_000_003 + step))
 
+        probe_now = cfg.uses_ig and cfg.probe_while_sampling and cfg.ig_last_context == "observation"
         model.eval()
         with torch.no_grad():
-            with phases("generation"):
+            with phases("generation"):  # a probe scored while sampling counts as ig_forward (nested phase)
                 traj = generate_rollouts(model, self.tokenizer, examples, self.tool, cfg, generator=generator,
                                          old_logprobs="sampler" if cfg.old_logprobs == "sampler" else "none",
-                                         keep_kv=cfg.uses_ig and cfg.probe_reuse_cache)
+                                         keep_kv=cfg.uses_ig and cfg.probe_reuse_cache and not probe_now,
+                                         probe=probe_now, timer=phases)
             if cfg.old_logprobs == "recompute":
                 with phases("old_logprob"):
                     traj.old_logprobs = recompute_old_logprobs(model, traj, cfg)
@@ -198,10 +200,14 @@ class A2TGPOTrainer:
             B, T = traj.batch_size, traj.max_turns
             if cfg.uses_ig:
                 with phases("ig_forward"):
-                    probed = traj if cfg.ig_last_context == "observation" else dataclasses.replace(
-                        traj, context_ends=search_context_ends(traj.context_ends, traj.turn_ids, traj.num_tool_turns))
-                    probe_logprob_mean, probe_text = score_probes(model, self.tokenizer, probed, cfg,
-                                                                  reuse_cache=cfg.probe_reuse_cache)
+                    if traj.probe_logprob_mean is not None:
+                        probe_logprob_mean, probe_text = traj.probe_logprob_mean.cpu(), traj.probe_text
+                    else:
+                        probed = traj if cfg.ig_last_context == "observation" else dataclasses.replace(
+                            traj, context_ends=search_context_ends(traj.context_ends, traj.turn_ids,
+                                                                   traj.num_tool_turns))
+                        probe_logprob_mean, probe_text = score_probes(model, self.tokenizer, probed, cfg,
+                                                                      reuse_cache=cfg.probe_reuse_cache)
                     ig, p, nonfinite = information_gain(probe_logprob_mean, traj.num_tool_turns, mode=cfg.ig_mode,
                                                         first_turn=cfg.ig_first_turn)
                 traj.kv_prefix = None  # the cache served the probe; free it before the update
@@ -640,14 +646,21 @@ class _PhaseTimer:
     def __init__(self):
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         self.started = self.clock()
+        self._nested: list[float] = []  # per open phase: seconds spent in phases opened inside it
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
+        """Time ``phase``; a phase opened inside another (the probe inside generation) counts for
+        itself only, not for the outer one too."""
         started = self.clock()
+        self._nested.append(0.0)
         try:
             yield
         finally:
-            self.seconds[phase] += self.clock() - started
+            elapsed = self.clock() - started
+            self.seconds[phase] += elapsed - self._nested.pop()
+            if self._nested:
+                self._nested[-1] += elapsed
 
     def metrics(self) -> dict[str, float]:
         total = self.clock() - self.started

@@ -53,6 +53,7 @@ PHASES = ("generation", "ig_forward", "old_logprob", "actor_update", "other")
 # Every optimization off: the step as computed before them.
 KNOBS = {  # one optimization, and the value that switches it off
     "sampler logprobs": ("old_logprobs", "recompute"),
+    "probe while sampling": ("probe_while_sampling", False),
     "probe reuses cache": ("probe_reuse_cache", False),
     "scored logits only": ("scored_logits_only", False),
     "token-budget micro-batches": ("micro_batch_tokens", None),

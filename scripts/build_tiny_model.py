@@ -35,7 +35,7 @@ import torch
 
 from a2tgpo_lab.envs.search import bundled_search_tool
 from a2tgpo_lab.envs.world import QTYPES, bundled_corpus_path, bundled_world_dir, load_split
-from a2tgpo_lab.sft import make_demonstrations, train_sft
+from a2tgpo_lab.sft import make_demonstrations, repeat_by_type, train_sft
 from a2tgpo_lab.tiny import build_tiny_qwen, build_word_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +153,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup_steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=8, help="phase 1 demonstrations per sft question")
     parser.add_argument("--phase2_repeats", type=int, default=2, help="phase 2 demonstrations per sft question")
+    parser.add_argument("--phase2_type_repeats", type=json.loads, default={},
+                        help='phase 2 per-type overrides of --phase2_repeats, JSON (e.g. {"multi_part": 6}; default none)')
     parser.add_argument("--shortcut_rate", type=float, default=0.7)
     parser.add_argument("--shortcut_rates", type=json.loads, default={"multi_part": 0.5},
                         help='phase 2 per-type overrides of --shortcut_rate, JSON (default {"multi_part": 0.5})')
@@ -184,15 +186,17 @@ def main(argv=None) -> None:
     entities = {kind: kb[kind] for kind in ("companies", "people", "cities", "countries")}
     rng = random.Random(args.seed)
     phases = [
-        dict(n=1, steps=args.phase1_steps, lr=args.phase1_lr, repeats=args.repeats, overrides={}, lazy=0.0),
+        dict(n=1, steps=args.phase1_steps, lr=args.phase1_lr, repeats=args.repeats, type_repeats={}, overrides={},
+             lazy=0.0),
         dict(n=2, steps=args.phase2_steps, lr=args.phase2_lr, repeats=args.phase2_repeats,
-             overrides=args.shortcut_rates, lazy=args.lazy_query_rate),
+             type_repeats=args.phase2_type_repeats, overrides=args.shortcut_rates, lazy=args.lazy_query_rate),
     ]
     phase_lines, total_minutes = [], 0.0
     for phase in phases:
         if phase["steps"] == 0:
             continue
-        demos = make_demonstrations(sft_questions * phase["repeats"], tool, rng, args.shortcut_rate,
+        questions = repeat_by_type(sft_questions, phase["repeats"], phase["type_repeats"])
+        demos = make_demonstrations(questions, tool, rng, args.shortcut_rate,
                                     rename_rate=args.rename_rate, entities=entities, shortcut_rates=phase["overrides"],
                                     lazy_query_rate=phase["lazy"], fooled_rate=args.fooled_rate)
         start = time.time()
@@ -201,9 +205,10 @@ def main(argv=None) -> None:
         minutes = (time.time() - start) / 60
         total_minutes += minutes
         overrides = "".join(f", {q} {r:g}" for q, r in phase["overrides"].items())
+        repeats = str(phase["repeats"]) + "".join(f", {q} {r}" for q, r in phase["type_repeats"].items())
         phase_lines.append(PHASE_LINE.format(
             n=phase["n"], steps=phase["steps"], lr=phase["lr"], warmup=args.warmup_steps, n_demos=len(demos),
-            repeats=phase["repeats"], shortcut_rate=args.shortcut_rate, overrides=overrides, lazy=phase["lazy"],
+            repeats=repeats, shortcut_rate=args.shortcut_rate, overrides=overrides, lazy=phase["lazy"],
             fooled=args.fooled_rate, final_loss=float(np.mean(losses[-20:])), minutes=minutes))
     if args.init_from:
         phase_lines.insert(0, f"- Started from the saved model `{args.init_from}` (see its own card for how it was "

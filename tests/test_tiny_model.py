@@ -10,7 +10,7 @@ from a2tgpo_lab.envs.search import bundled_search_tool
 from a2tgpo_lab.envs.world import load_split
 from a2tgpo_lab.protocol import SYSTEM_PROMPT, format_answer, format_search, parse_action
 from a2tgpo_lab.sft import (bundled_model_dir, encode_demonstration, make_demonstrations, play_episode,
-                            train_sft)
+                            repeat_by_type, train_sft)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,22 @@ def test_lazy_first_searches_are_fooled_or_recover_on_namesake_questions(tool):
     assert 0 < sum(outcomes) < len(outcomes)  # both branches occur
     plain = make_demonstrations(examples, tool, random.Random(0), shortcut_rate=0.0, lazy_query_rate=0.0)
     assert all(chat[2]["content"] == format_search(e.meta["queries"][0]) for e, chat in zip(examples, plain))
+
+
+def test_repeat_by_type_oversamples_only_the_listed_types():
+    from collections import Counter
+
+    examples = load_split("sft")[:60]
+    assert repeat_by_type(examples, 2) == list(examples) * 2
+    repeated = repeat_by_type(examples, 2, {"multi_part": 5, "founder": 0})
+    per_example = Counter(e.id for e in repeated)
+    for example in examples:
+        expected = {"multi_part": 5, "founder": 0}.get(example.qtype, 2)
+        assert per_example.get(example.id, 0) == expected, example.qtype
+    with pytest.raises(ValueError, match="no_such_type"):
+        repeat_by_type(examples, 2, {"no_such_type": 3})
+    with pytest.raises(ValueError, match="multi_part"):
+        repeat_by_type(examples, 2, {"multi_part": -1})
 
 
 def test_renamed_demonstrations_stay_self_consistent(tool):

@@ -176,6 +176,42 @@ def test_step_reports_the_time_of_each_phase(tmp_path, bundled_world, name, old_
     assert (metrics["time/old_logprob"] > 0) == (old_logprobs == "recompute")
 
 
+@pytest.mark.parametrize("ig_last_context", ["observation", "search"])
+def test_probe_while_sampling_gives_the_same_step(tmp_path, bundled_world, ig_last_context):
+    """The probe scored inside the rollout and the probe run after it give one step the same IG, advantages
+    and update; its time is the IG phase's, not generation's. (With ig_last_context="search" the last
+    context is only known after the rollout, so both runs probe afterwards.)"""
+    records = {}
+    for inside in (True, False):
+        cfg = small_config(tmp_path / str(inside), probe_while_sampling=inside, ig_last_context=ig_last_context)
+        records[inside] = make_trainer(cfg, bundled_world).step()
+    inside, after = records[True], records[False]
+    assert np.array_equal(inside.num_tool_turns, after.num_tool_turns) and inside.probe_text == after.probe_text
+    assert (inside.num_tool_turns >= 1).any()
+    np.testing.assert_allclose(inside.p, after.p, rtol=0, atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(inside.advantages, after.advantages, rtol=0, atol=1e-4, equal_nan=True)
+    assert inside.metrics["time/ig_forward"] > 0 and after.metrics["time/ig_forward"] > 0
+
+
+def test_phase_timer_counts_a_nested_phase_once():
+    from a2tgpo_lab.trainer import _PhaseTimer
+
+    ticks = iter(range(100))
+
+    class Ticking(_PhaseTimer):
+        clock = staticmethod(lambda: float(next(ticks)))   # each reading of the clock is one second later
+
+    timer = Ticking()                                      # 0
+    with timer("generation"):                              # 1 .. 6: 5 s, 2 of them in the probe
+        with timer("ig_forward"):                          # 2 .. 3
+            pass
+        with timer("ig_forward"):                          # 4 .. 5
+            pass
+    metrics = timer.metrics()                              # 7
+    assert metrics["time/ig_forward"] == 2 and metrics["time/generation"] == 3
+    assert metrics["time/step_s"] == 7 and metrics["time/other"] == 2
+
+
 def test_shared_prompt_prefix_keeps_the_gradient(tmp_path, bundled_world):
     cfg = small_config(tmp_path, num_mini_batches=1, loss_agg_mode="token-mean", max_grad_norm=1e9)
     trainer = make_trainer(cfg, bundled_world)
