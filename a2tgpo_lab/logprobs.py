@@ -134,8 +134,9 @@ def _shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch
                            groups: torch.Tensor, predicts: torch.Tensor, every_position: bool) -> torch.Tensor:
     """Logits [N, V] at the True positions of ``predicts`` (row-major), encoding each group's prefix once.
 
-    pass 1: the prefix of one row per group, right-padded to the longest, into a KV cache;
-    copy:   each row takes its group's cache row (under autograd the copy sums the rows' gradients
+    pass 0: the head every group's prefix shares (the system prompt), once, its KV copied to each group;
+    pass 1: the rest of the prefix of one row per group, right-padded to the longest, into the KV cache;
+    copy:   each row takes its group's cache row (under autograd the copies sum the rows' gradients
             back into the one prefix, so the gradient is the same as encoding it in every row);
     pass 2: every row's remaining tokens after the cache, at positions ``lengths[b]``, ``lengths[b] + 1`` …;
             the prefix padding is a hole that attention masks out.
@@ -157,8 +158,20 @@ def _shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch
         raise ValueError("token_logprobs: shared_prefix names rows of one group whose first `lengths` tokens "
                          "differ (or an empty prefix); pass the groups of rows that really share a prefix.")
     prefix_mask = in_prefix[leaders].long()
-    cache = model(input_ids=input_ids[leaders, :width], attention_mask=prefix_mask,
-                  position_ids=positions_from_mask(prefix_mask), use_cache=True, logits_to_keep=1).cache
+    # the head shared by every group: columns before the first where the leaders' prefixes differ
+    leader_ids = input_ids[leaders, :width]
+    differs = ((leader_ids != leader_ids[:1]) | (prefix_mask == 0)).any(dim=0)
+    head = int(differs.nonzero()[0]) if differs.any() else width
+    head = min(head, int(lengths[leaders].min()) - 1)  # pass 1 keeps ≥ 1 token per group
+    cache = None
+    if head > 0 and len(leaders) > 1:
+        cache = model(input_ids=leader_ids[:1, :head], use_cache=True, logits_to_keep=1).cache
+        cache.batch_select_indices(torch.zeros(len(leaders), dtype=torch.long, device=device))
+    else:
+        head = 0
+    cache = model(input_ids=leader_ids[:, head:], attention_mask=prefix_mask,
+                  position_ids=positions_from_mask(prefix_mask)[:, head:], cache=cache, use_cache=True,
+                  logits_to_keep=1).cache
     cache.batch_select_indices(copy_of)
 
     real_lengths = attention_mask.sum(dim=1)

@@ -51,6 +51,7 @@ modes give identical greedy rollouts.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional, Sequence
 
@@ -131,7 +132,7 @@ class _CachedBatch:
         distinct: dict[tuple, int] = {}
         copy_of = torch.tensor([distinct.setdefault(key, len(distinct)) for key in keys])
         firsts = [keys.index(key) for key in distinct]
-        self.cache, self.rows = None, list(rows)
+        self.cache, self.rows = _new_cache(self.model), list(rows)
         self.mask = torch.zeros(len(distinct), 0, dtype=torch.long, device=self.device)
         self.next_position = torch.zeros(len(distinct), dtype=torch.long, device=self.device)
         logits = self.feed([list(chunks[i]) for i in firsts])
@@ -296,7 +297,62 @@ def _supports_kv_prefix(cache) -> bool:
     """Only full-attention layers hold every past token (a sliding-window layer keeps the last few)."""
     from transformers.cache_utils import DynamicLayer
 
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return all(type(layer) in (DynamicLayer, _growing_layer_class()) for layer in cache.layers)
+
+
+def _new_cache(model):
+    """An empty cache for ``model``'s layers, its full-attention layers growing in place (:func:`_growing_layer_class`)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    growing = _growing_layer_class()
+    cache.layers = [growing() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+@functools.cache
+def _growing_layer_class():
+    """A full-attention cache layer that appends into spare room instead of concatenating.
+
+    A decode step adds one token per row, and transformers' ``DynamicLayer`` copies the whole cache to
+    add it (``torch.cat``): O(S) per token. Here keys / values are views of a larger buffer; a step
+    writes only its own columns, and a full buffer is replaced by one twice the size. Anything that
+    swaps the tensors for others (selecting rows) makes the next step start a new buffer; a crop
+    leaves a shorter view of the same buffer, whose stale columns the next step overwrites.
+    (A class made on first use, so that importing this module does not import transformers.)"""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        buffers: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            used, new = self.get_seq_length(), key_states.shape[-2]
+            if not self._fits(used + new, key_states):
+                shape = list(key_states.shape)
+                shape[-2] = max(2 * (used + new), 64)
+                self.buffers = (key_states.new_empty(shape), value_states.new_empty(shape))
+                if used:
+                    self.buffers[0][:, :, :used] = self.keys
+                    self.buffers[1][:, :, :used] = self.values
+            self.buffers[0][:, :, used: used + new] = key_states
+            self.buffers[1][:, :, used: used + new] = value_states
+            self.keys, self.values = self.buffers[0][:, :, : used + new], self.buffers[1][:, :, : used + new]
+            return self.keys, self.values
+
+        def _fits(self, length: int, key_states: torch.Tensor) -> bool:
+            """Whether the current tensors are the start of the buffer and it has room for ``length`` columns."""
+            if self.buffers is None or self.buffers[0].shape[-2] < length:
+                return False
+            keys = self.buffers[0]
+            if self.get_seq_length() == 0:
+                return keys.shape[0] == key_states.shape[0]
+            return (self.keys.data_ptr() == keys.data_ptr() and self.keys.stride() == keys.stride()
+                    and self.keys.shape[0] == keys.shape[0])
+
+    return GrowingLayer
 
 
 def sample_next_tokens(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
@@ -421,9 +477,9 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
 
     batch = _CachedBatch(model, pad_id, device, keep_kv=keep_kv, temperature=cfg.temperature, timer=timer)
     live = list(range(len(rollouts)))
-    logits, scores = batch.start(live, [rollouts[i].ids for i in live], probes)
-    if probes and not _supports_kv_prefix(batch.cache):
+    if probes and not _supports_kv_prefix(_new_cache(model)):
         probes = None  # a sliding-window cache cannot be cropped back: the caller probes afterwards
+    logits, scores = batch.start(live, [rollouts[i].ids for i in live], probes)
     probe_scores = torch.full((len(rollouts), cfg.max_turns + 1), float("nan")) if probes else None
     if probes:
         probe_scores[live, 0] = scores

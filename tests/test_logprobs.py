@@ -143,10 +143,12 @@ def test_token_budget_batches_cover_every_row_within_the_budget(lengths, budget,
                 assert sum(bool(set(rows_of.tolist()) & set(b.tolist())) for b in batches) == 1
 
 
-def grouped_rows(vocab: int, seed=0):
-    """Two groups of rows sharing a prefix (4 and 6 tokens), different continuations, right-padded."""
+def grouped_rows(vocab: int, seed=0, head: int = 0):
+    """Two groups of rows sharing a prefix (4 and 6 tokens, both starting with the same ``head`` tokens, as
+    prompts start with one system prompt), different continuations, right-padded."""
     generator = torch.Generator().manual_seed(seed)
-    prefixes = [torch.randint(5, vocab, (n,), generator=generator) for n in (4, 6)]
+    common = torch.randint(5, vocab, (head,), generator=generator)
+    prefixes = [torch.cat([common, torch.randint(5, vocab, (n - head,), generator=generator)]) for n in (4, 6)]
     rows, lengths, groups = [], [], []
     for group, extra in ((0, 3), (0, 5), (1, 2), (0, 4), (1, 6)):
         tail = torch.randint(5, vocab, (extra,), generator=generator)
@@ -157,11 +159,15 @@ def grouped_rows(vocab: int, seed=0):
     return ids, mask, torch.tensor(lengths), torch.tensor(groups)
 
 
+@pytest.mark.parametrize("head", [0, 3])
 @pytest.mark.parametrize("scored_only", [True, False])
-def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only):
-    """Encoding each group's prefix once (its KV copied to the group's rows) changes neither the scores
-    of the tokens after it nor the gradient."""
-    ids, mask, lengths, groups = grouped_rows(model.config.vocab_size)
+def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only, head, monkeypatch):
+    """Encoding each group's prefix once (its KV copied to the group's rows), and a head all groups share
+    once more, changes neither the scores of the tokens after it nor the gradient."""
+    ids, mask, lengths, groups = grouped_rows(model.config.vocab_size, head=head)
+    passes = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, **kw: (passes.append(kw["input_ids"].shape), forward(self, **kw))[1])
     after = (torch.arange(ids.shape[1])[None, :] > lengths[:, None]) & mask.bool()  # predicted after the prefix
     score = after if scored_only else None
     results = {}
@@ -178,6 +184,9 @@ def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only):
     assert (shared.logprobs[~after] == 0).all()
     torch.testing.assert_close(shared_grad, plain_grad, rtol=1e-4, atol=1e-5)
     assert plain_grad.abs().max() > 1e-3
+    # plain: one pass; shared: [pass 0 over the head (1 row),] pass 1 (one row per group), pass 2 (every row)
+    rest = int((mask.sum(dim=1) - lengths).max())
+    assert passes[1:] == ([(1, head)] if head else []) + [(2, 6 - head), (5, rest)]
 
 
 def test_shared_prefix_that_differs_is_a_clear_error(model):

@@ -484,3 +484,40 @@ def test_unsupported_observation_role_is_a_clear_error():
         observation_template(templated_tokenizer(LLAMA3_STYLE), "tool")
     chatml = observation_template(make_tokenizer(), "tool")
     assert chatml.header_ids[-1] == make_tokenizer().convert_tokens_to_ids("tool")
+
+
+def test_growing_cache_layer_acts_like_concatenation():
+    """The sampler's cache layer writes into spare room instead of concatenating; through appends, a crop,
+    a row selection and a regrowth it holds exactly what concatenation would, and it really reuses its buffer."""
+    from a2tgpo_lab.rollout import _growing_layer_class
+
+    generator = torch.Generator().manual_seed(0)
+    layer, expected_keys, expected_values = _growing_layer_class()(), None, None
+
+    def append(n):
+        nonlocal expected_keys, expected_values
+        keys, values = (torch.randn(3, 2, n, 4, generator=generator) for _ in range(2))
+        expected_keys = keys if expected_keys is None else torch.cat([expected_keys, keys], dim=-2)
+        expected_values = values if expected_values is None else torch.cat([expected_values, values], dim=-2)
+        out = layer.update(keys, values)
+        assert torch.equal(out[0], expected_keys) and torch.equal(out[1], expected_values)
+
+    append(5)
+    buffer = layer.buffers[0].data_ptr()
+    for _ in range(20):                       # one token at a time: written in place until the buffer is full
+        append(1)
+    assert layer.buffers[0].data_ptr() == buffer, "appends that fit must not reallocate"
+    append(2)
+    layer.crop(-4)                            # a probe's tokens taken off again: the next write overwrites them
+    expected_keys, expected_values = expected_keys[:, :, :-4], expected_values[:, :, :-4]
+    append(3)
+    grown = layer.buffers[0].data_ptr()
+    assert grown == layer.keys.data_ptr()
+    rows = torch.tensor([2, 0])
+    layer.batch_select_indices(rows)          # ended rollouts dropped: a new buffer from the next write on
+    expected_keys, expected_values = expected_keys[rows], expected_values[rows]
+    keys, values = (torch.randn(2, 2, 1, 4, generator=generator) for _ in range(2))
+    out = layer.update(keys, values)
+    assert torch.equal(out[0], torch.cat([expected_keys, keys], dim=-2))
+    assert torch.equal(out[1], torch.cat([expected_values, values], dim=-2))
+    assert layer.buffers[0].data_ptr() not in (buffer, grown)
