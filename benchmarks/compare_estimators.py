@@ -499,9 +499,24 @@ def figures(rows: list[dict], img_dir: Path, prefix: str) -> list[Path]:
     return written
 
 
-def beta_sweep(rows: list[dict]) -> dict:
-    """a2tgpo runs (published recipe, bundled model) grouped by clip β, on the seeds every β value has."""
-    runs = [r for r in rows if r["rung"] == "a2tgpo" and not r["controlled"] and r["model"] == "bundled"]
+# Config fields that say how long / on what a run trained, not the recipe it trained with.
+RUN_FIELDS = {"clip_beta", "controlled", "seed", "max_steps", "eval_steps", "eval_num_prompts", "save_steps",
+              "output_dir", "model_name_or_path", "dataset", "corpus"}
+
+
+def recipe(row: dict) -> str:
+    """The recipe a run trained with: "published recipe" (its preset), plus every field set otherwise (``--set``)."""
+    from a2tgpo_lab import preset
+
+    defaults = preset(row["rung"]).to_dict()
+    changed = {k: v for k, v in row["config"].items() if k not in RUN_FIELDS and defaults.get(k) != v}
+    return "published recipe" + "".join(f", {k}={v}" for k, v in sorted(changed.items()))
+
+
+def beta_sweep(rows: list[dict], recipe_name: str = "published recipe") -> dict:
+    """a2tgpo runs (``recipe_name``, bundled model) grouped by clip β, on the seeds every β value has."""
+    runs = [r for r in rows if r["rung"] == "a2tgpo" and not r["controlled"] and r["model"] == "bundled"
+            and recipe(r) == recipe_name]
     by_beta: dict = defaultdict(dict)
     for r in runs:
         by_beta[round(r["clip_beta"], 3)][r["seed"]] = r
@@ -538,36 +553,40 @@ def report(args) -> None:
         raise SystemExit(f"No runs.jsonl with rows in {args.report}; run the ladder first.")
     out = Path(args.report[0])
     sections, summary = [], {}
-    for controlled in (False, True):
-        for model in sorted({r["model"] for r in rows}):
-            subset = [r for r in rows if r["controlled"] == controlled and r["model"] == model
-                      and group_key(r) == r["rung"]]  # β-sweep points have their own table
-            if not subset:
-                continue
-            label = f"{'controlled' if controlled else 'published recipes'}, start model {model}"
-            table = summarize(subset)
-            start = start_rows(args.report, model)
-            if start:
-                rng = np.random.default_rng(0)
-                table = {"(start model)": {split: bootstrap_ci([np.array([q["em"] for q in start[split]])], rng)
-                                           for split in ("dev", "test")} | {
-                    "seeds": [], "dev_seed_means": [], "dev_turns": float(np.mean([q["turns"] for q in start["dev"]])),
-                    "dev_searches": float(np.mean([q["searches"] for q in start["dev"]])), "clip_frac": float("nan"),
-                    "cpu_s": float("nan"), **{f"dev_by_{k}": _by(start["dev"], k) for k in ("qtype", "hops")}}} | table
-            summary[label] = {"table": table, "spreads": spreads(table), "curves": curves(subset)}
-            sections.append(markdown(table, label))
-            s = summary[label]["spreads"]
-            sections.append(f"Spread of dev EM: between seeds (sd within a rung) {s['between_seeds_sd']:.3f}; "
-                            f"between rungs (sd of rung means) {s['between_rungs_sd']:.3f}; "
-                            f"range of rung means {s['rung_range']:.3f}.\n")
-    summary["beta_sweep"] = beta_sweep(rows)
-    if summary["beta_sweep"]:
-        lines = ["### β sweep (a2tgpo, published recipe)", "", "| clip β | dev EM [95% CI] | test EM [95% CI] | seeds "
+    for controlled, model, name in sorted({(r["controlled"], r["model"], recipe(r)) for r in rows}):
+        subset = [r for r in rows if r["controlled"] == controlled and r["model"] == model and recipe(r) == name
+                  and group_key(r) == r["rung"]]  # β-sweep points have their own table
+        if not subset:
+            continue
+        label = (f"{'controlled' if controlled else 'published recipes'}"
+                 f"{name.removeprefix('published recipe')}, start model {model}")
+        table = summarize(subset)
+        start = start_rows(args.report, model)
+        if start:
+            rng = np.random.default_rng(0)
+            table = {"(start model)": {split: bootstrap_ci([np.array([q["em"] for q in start[split]])], rng)
+                                       for split in ("dev", "test")} | {
+                "seeds": [], "dev_seed_means": [], "dev_turns": float(np.mean([q["turns"] for q in start["dev"]])),
+                "dev_searches": float(np.mean([q["searches"] for q in start["dev"]])), "clip_frac": float("nan"),
+                "cpu_s": float("nan"), **{f"dev_by_{k}": _by(start["dev"], k) for k in ("qtype", "hops")}}} | table
+        summary[label] = {"table": table, "spreads": spreads(table), "curves": curves(subset)}
+        sections.append(markdown(table, label))
+        s = summary[label]["spreads"]
+        sections.append(f"Spread of dev EM: between seeds (sd within a rung) {s['between_seeds_sd']:.3f}; "
+                        f"between rungs (sd of rung means) {s['between_rungs_sd']:.3f}; "
+                        f"range of rung means {s['rung_range']:.3f}.\n")
+    for name in sorted({recipe(r) for r in rows}):  # one sweep per recipe: --set runs never mix with others
+        sweep = beta_sweep(rows, name)
+        if not sweep:
+            continue
+        summary["beta_sweep" if name == "published recipe" else f"beta_sweep ({name})"] = sweep
+        lines = [f"### β sweep (a2tgpo, {name})", "", "| clip β | dev EM [95% CI] | test EM [95% CI] | seeds "
                  "| clip frac |", "|---|---|---|---|---|"]
         lines += [f"| {beta:.1f} | {_ci(e['dev'])} | {_ci(e['test'])} | {len(e['seeds'])} | {e['clip_frac']:.3f} |"
-                  for beta, e in summary["beta_sweep"].items()]
+                  for beta, e in sweep.items()]
         sections.append("\n".join(lines) + "\n")
-    summary["mechanisms"] = mechanisms([r for r in rows if r["model"] == "bundled"])
+    published = [r for r in rows if recipe(r) == "published recipe"]  # mechanisms and figures: the presets as they are
+    summary["mechanisms"] = mechanisms([r for r in published if r["model"] == "bundled"])
     if not any(r["config"].get("dataset", "bundled") != "bundled" for r in rows):
         summary["mechanisms"]["first_search"] = first_search_credit(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
@@ -576,9 +595,9 @@ def report(args) -> None:
     print(json.dumps(summary["mechanisms"]["fig4"], indent=1)[:3000])
     if args.img_dir:
         prefix = args.img_prefix
-        written = figures([r for r in rows if not r["controlled"] and r["model"] == "bundled"], Path(args.img_dir),
+        written = figures([r for r in published if not r["controlled"] and r["model"] == "bundled"], Path(args.img_dir),
                           prefix)
-        beta = beta_figure(summary["beta_sweep"], Path(args.img_dir), prefix)
+        beta = beta_figure(summary.get("beta_sweep", {}), Path(args.img_dir), prefix)
         print("figures:", [str(p) for p in written + ([beta] if beta else [])])
 
 
