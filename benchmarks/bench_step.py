@@ -3,6 +3,7 @@
     python benchmarks/bench_step.py                       # quickstart step, 1 and 2 threads, 3 repeats
     python benchmarks/bench_step.py --rss                 # + peak RSS of a short quickstart run per setting
     python benchmarks/bench_step.py --scaling             # + step time against G, turns and model size
+    python benchmarks/bench_step.py --ratio_only --repeats 7 --threads 1   # A²TGPO / GRPO with less noise
 
 **Split.** Each row is one configuration of the quickstart's step (the bundled tiny model, 8 prompts × 8
 rollouts) timed by the trainer's own per-phase metrics: ``time/generation``, ``time/ig_forward`` (the IG
@@ -126,7 +127,8 @@ def load() -> str:
 def split_benchmark(args, model, tokenizer, world) -> None:
     estimators = ["a2tgpo", "grpo"]
     base = dict(output_dir=tempfile.mkdtemp(prefix="bench_step_"), **json.loads(args.overrides))
-    configs = {name: preset(p, **base, **over) for name, (p, over) in settings(estimators).items()}
+    configs = {name: preset(p, **base, **over) for name, (p, over) in settings(estimators).items()
+               if not args.ratio_only or name.endswith(("all on", "all off"))}
     run = EqualWorkStep(model, tokenizer, world, args.step_index)
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -206,6 +208,8 @@ def main(argv=None) -> None:
     parser.add_argument("--step_index", type=int, default=0, help="which step's prompts to run")
     parser.add_argument("--overrides", default="{}", help="JSON of config fields applied to every setting")
     parser.add_argument("--no_split", action="store_true", help="skip the per-phase split table")
+    parser.add_argument("--ratio_only", action="store_true",
+                        help="split table of the four all-on / all-off rows only (more repeats for the same time)")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS per setting")
     parser.add_argument("--rss_steps", type=int, default=3)
     parser.add_argument("--scaling", action="store_true", help="also measure scaling in G, turns, model size")
