@@ -115,6 +115,7 @@ class DataParallelTrainer(A2TGPOTrainer):
         self.cfg = cfg
         if not self.parallel.is_main:
             self._lock = contextlib.nullcontext()   # only the main process locks and writes output_dir
+            self._progress_bar = False              # and only it draws the progress bar
         if resume:
             self.load_checkpoint(resume)
 

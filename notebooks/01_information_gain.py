@@ -138,8 +138,10 @@ for label, gains in (("observation contains the gold answer", with_answer), ("it
 # %% [markdown]
 # ## 3. The same numbers inside a training step
 #
-# The trainer runs exactly these calls in every step (`generate_rollouts` → `score_probes` →
-# `information_gain`) and stores `p` and `ig` in the step's record. One step on these questions:
+# The trainer computes the same ℓ in every step — by default while sampling (`generate_rollouts(...,
+# probe=True)` feeds the probe after each context that sits in the sampler's cache, then crops it off;
+# equal to `score_probes` up to float rounding) — then `information_gain`, and stores `p` and `ig` in the
+# step's record. One step on these questions:
 
 # %%
 trainer = lab.A2TGPOTrainer(cfg, model=model, tokenizer=tokenizer, train_examples=questions, tool=tool)

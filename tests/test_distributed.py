@@ -82,10 +82,12 @@ def _worker(out_dir: str) -> None:
             Path(out_dir, "world_size").write_text(str(trainer.parallel.world_size))
 
 
-def _run(command: list[str], out_dir: Path) -> None:
+def _run(command: list[str], out_dir: Path) -> str:
+    """Run the worker; return its standard error (where the progress bars go)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run(command + [__file__, str(out_dir)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stderr
 
 
 @pytest.mark.slow
@@ -95,12 +97,13 @@ def test_two_processes_match_one(tmp_path):
     if launcher is None:
         pytest.skip("the accelerate launcher is not on PATH")
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable], one)
+    bars_one = _run([sys.executable], one).count("| 0/2 [")
     with socket.socket() as probe:         # a free port, so parallel runs do not collide on the default 29500
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    _run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no", "--main_process_port", str(port)], two)
+    bars_two = _run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+          "--dynamo_backend", "no", "--main_process_port", str(port)], two).count("| 0/2 [")
+    assert bars_one == bars_two == len(MODES), "only the main process draws a progress bar"
 
     from a2tgpo_lab.config import preset
     from a2tgpo_lab.models import load_model_and_tokenizer

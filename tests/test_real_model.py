@@ -97,19 +97,22 @@ def _lora_weights(model) -> dict[str, torch.Tensor]:
 
 
 def _run_step(model, tokenizer, examples, tmp_path, monkeypatch, **overrides):
-    """One trainer step; the IG probe is wrapped to also run the naive scorer on the step's own trajectory."""
+    """One trainer step; the rollout is wrapped to also run the naive IG scorer on the step's own trajectory
+    (before the update changes the weights), beside the probe scored while sampling."""
     import a2tgpo_lab.probe as probe
+    import a2tgpo_lab.rollout as rollout
     from a2tgpo_lab.trainer import A2TGPOTrainer
 
     scored = {}
-    fast_scorer = probe.score_probes
+    sample = rollout.generate_rollouts
 
-    def fast_and_naive(model, tokenizer, traj, cfg, **kwargs):
-        fast, text = fast_scorer(model, tokenizer, traj, cfg, **kwargs)
-        scored.update(fast=fast, naive=probe.score_probes_naive(model, tokenizer, traj, cfg)[0], traj=traj)
-        return fast, text
+    def sample_and_score(model, tokenizer, examples, tool, cfg, **kwargs):
+        traj = sample(model, tokenizer, examples, tool, cfg, **kwargs)
+        scored.update(fast=traj.probe_logprob_mean, naive=probe.score_probes_naive(model, tokenizer, traj, cfg)[0],
+                      traj=traj)
+        return traj
 
-    monkeypatch.setattr(probe, "score_probes", fast_and_naive)
+    monkeypatch.setattr(rollout, "generate_rollouts", sample_and_score)
     cfg = preset("a2tgpo", **{**SETTINGS, **overrides}, output_dir=str(tmp_path / "run"))
     trainer = A2TGPOTrainer(cfg, model=model, tokenizer=tokenizer, train_examples=examples, eval_examples=examples,
                             tool=bundled_search_tool(topk=2))
@@ -150,10 +153,11 @@ def test_a_real_a2tgpo_step(variant, request, questions, tmp_path, monkeypatch):
             text = tokenizer.decode(masked.tolist())
             assert record.observations[b][0] in text and "<|im_start|>user" in text
 
-    # the IG probe scores multi-token gold answers, and the fast scorer equals the naive one
+    # the IG probe scores multi-token gold answers, and the probe scored while sampling equals the naive one
     for example in questions:
         assert len(probe_suffix(tokenizer, example.answers[0], **prompt_options(cfg)).gold_ids) > 1
     fast, naive = scored["fast"], scored["naive"]
+    assert fast is not None, "the probe was not scored while sampling"
     assert torch.equal(torch.isnan(fast), torch.isnan(naive))
     torch.testing.assert_close(fast.nan_to_num(), naive.nan_to_num(), rtol=1e-4, atol=1e-5)
     assert torch.isfinite(fast[:, 0]).all() and (fast[:, 0] < 0).all()
