@@ -174,13 +174,10 @@ class _CachedBatch:
         """The forward of :meth:`probe` after ``cache`` (rows with attention ``mask`` and ``next_position``)."""
         from .logprobs import logprobs_from_logits
 
-        width = max(len(p.tokens) for p in probes)
-        ids = torch.full((len(probes), width), self.pad_id, dtype=torch.long)
-        real = torch.zeros((len(probes), width), dtype=torch.long)
+        ids, real = self._right_padded([list(p.tokens) for p in probes])
+        width = ids.shape[1]
         predicts_gold = torch.zeros((len(probes), width), dtype=torch.bool)
         for i, p in enumerate(probes):
-            ids[i, : len(p.tokens)] = torch.tensor(p.tokens, dtype=torch.long)
-            real[i, : len(p.tokens)] = 1
             predicts_gold[i, len(p.tokens) - p.gold_len - 1: len(p.tokens) - 1] = True
         targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[predicts_gold]      # the token each kept logit scores
         ids, real = ids.to(self.device), real.to(self.device)
@@ -223,6 +220,16 @@ class _CachedBatch:
             values.append(layer.values[index].gather(2, gather))
         self.retired.append((list(rows), counts, keys, values))
 
+    def _right_padded(self, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``chunks`` as one right-padded [N, M] block of ids (M ≥ 1) and its 0/1 mask of real tokens."""
+        width = max(1, max(len(chunk) for chunk in chunks))
+        ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)
+        real = torch.zeros((len(chunks), width), dtype=torch.long)
+        for i, chunk in enumerate(chunks):
+            ids[i, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
+            real[i, : len(chunk)] = 1
+        return ids, real
+
     def feed(self, chunks: list[list[int]]) -> torch.Tensor:
         """Append ``chunks[i]`` (possibly empty) to cache row i; return next-token logits [N, V].
 
@@ -230,12 +237,8 @@ class _CachedBatch:
         and every real token the position ``next_position + offset``. Row i's logits come from its
         last real token of the chunk (undefined for an empty chunk, and not used).
         """
-        width = max(1, max(len(chunk) for chunk in chunks))
-        ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)
-        real = torch.zeros((len(chunks), width), dtype=torch.long)
-        for i, chunk in enumerate(chunks):
-            ids[i, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
-            real[i, : len(chunk)] = 1
+        ids, real = self._right_padded(chunks)
+        width = ids.shape[1]
         ids, real = ids.to(self.device), real.to(self.device)
         positions = self.next_position[:, None] + torch.arange(width, device=self.device)[None, :]
         last_real = (real.sum(dim=1) - 1).clamp(min=0)                         # [N]
