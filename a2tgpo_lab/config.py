@@ -199,9 +199,10 @@ class A2TGPOConfig:
         on a GPU, where an incremental decode rounds differently from a full forward.
     probe_while_sampling: score the IG probe inside the rollout, right when each context c_t sits in
         the sampler's KV cache: the probe tokens are fed after it and cropped off again (default True;
-        equal to a separate probe pass up to float rounding). Not possible, so the probe runs after
-        the rollout, with ``ig_last_context="search"`` (the last context is only known later) or a
-        model whose cache drops old tokens (sliding window).
+        equal to a separate probe pass up to float rounding; with bf16 / fp16 weights that rounding is
+        the incremental cache's, as for ``old_logprobs="sampler"``). Not possible, so the probe runs
+        after the rollout, with ``ig_last_context="search"`` (the last context is only known later) or
+        a model whose cache drops old tokens (sliding window).
     probe_reuse_cache: a probe run after the rollout reads the contexts from the rollout's KV cache
         instead of encoding them again (default True; False = the probe's own encoding pass).
     scored_logits_only: the lm_head and log-softmax run only at the positions whose tokens the loss

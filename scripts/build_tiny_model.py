@@ -5,9 +5,10 @@
 
 The warm start has two phases. Phase 1 (``--phase1_steps``, from a random init) teaches the protocol
 and copying on the plain mixture (multi-hop demonstrations shortcut to a guess with probability
-``--shortcut_rate``). Phase 2 (``--phase2_steps``, lower learning rate) continues on the full
-behaviour mixture: per-type shortcut rates (``--shortcut_rates``) and lazy first searches on namesake
-questions (``--lazy_query_rate``), so that sampling attempts the right behaviour on every question
+``--shortcut_rate``, per type ``--phase1_shortcut_rates``; ``--phase1_type_repeats`` oversamples a type). Phase 2 (``--phase2_steps``, lower learning rate) continues on the full
+behaviour mixture: per-type shortcut rates (``--shortcut_rates``), per-type demonstration counts
+(``--phase2_type_repeats``, to oversample a type) and lazy first searches on namesake questions
+(``--lazy_query_rate``), so that sampling attempts the right behaviour on every question
 type at a low rate. ``--init_from DIR`` starts from a saved model instead of a random init (its
 vocabulary must equal the one built from the current world).
 
@@ -152,6 +153,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--warmup_steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=8, help="phase 1 demonstrations per sft question")
+    parser.add_argument("--phase1_type_repeats", type=json.loads, default={},
+                        help="phase 1 per-type overrides of --repeats, JSON (default none)")
+    parser.add_argument("--phase1_shortcut_rates", type=json.loads, default={},
+                        help="phase 1 per-type overrides of --shortcut_rate, JSON (default none)")
     parser.add_argument("--phase2_repeats", type=int, default=2, help="phase 2 demonstrations per sft question")
     parser.add_argument("--phase2_type_repeats", type=json.loads, default={},
                         help='phase 2 per-type overrides of --phase2_repeats, JSON (e.g. {"multi_part": 6}; default none)')
@@ -186,8 +191,8 @@ def main(argv=None) -> None:
     entities = {kind: kb[kind] for kind in ("companies", "people", "cities", "countries")}
     rng = random.Random(args.seed)
     phases = [
-        dict(n=1, steps=args.phase1_steps, lr=args.phase1_lr, repeats=args.repeats, type_repeats={}, overrides={},
-             lazy=0.0),
+        dict(n=1, steps=args.phase1_steps, lr=args.phase1_lr, repeats=args.repeats,
+             type_repeats=args.phase1_type_repeats, overrides=args.phase1_shortcut_rates, lazy=0.0),
         dict(n=2, steps=args.phase2_steps, lr=args.phase2_lr, repeats=args.phase2_repeats,
              type_repeats=args.phase2_type_repeats, overrides=args.shortcut_rates, lazy=args.lazy_query_rate),
     ]
