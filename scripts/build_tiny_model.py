@@ -5,11 +5,11 @@
 
 The warm start has two phases. Phase 1 (``--phase1_steps``, from a random init) teaches the protocol
 and copying on the plain mixture (multi-hop demonstrations shortcut to a guess with probability
-``--shortcut_rate``, per type ``--phase1_shortcut_rates``; ``--phase1_type_repeats`` oversamples a type). Phase 2 (``--phase2_steps``, lower learning rate) continues on the full
-behaviour mixture: per-type shortcut rates (``--shortcut_rates``), per-type demonstration counts
-(``--phase2_type_repeats``, to oversample a type) and lazy first searches on namesake questions
-(``--lazy_query_rate``), so that sampling attempts the right behaviour on every question
-type at a low rate. ``--init_from DIR`` starts from a saved model instead of a random init (its
+``--shortcut_rate``, per type ``--phase1_shortcut_rates``; ``--phase1_type_repeats`` oversamples a
+type). Phase 2 (``--phase2_steps``, lower learning rate) continues on the full behaviour mixture:
+per-type shortcut rates (``--shortcut_rates``), per-type demonstration counts (``--phase2_type_repeats``,
+to oversample a type) and lazy first searches on namesake questions (``--lazy_query_rate``), so that
+sampling attempts the right behaviour on every question type at a low rate. ``--init_from DIR`` starts from a saved model instead of a random init (its
 vocabulary must equal the one built from the current world).
 
 Steps: (1) a word-level tokenizer over the bundled corpus, every question and answer, and the
