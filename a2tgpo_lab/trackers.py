@@ -75,6 +75,12 @@ class TrackerCallback:
     def close(self) -> None:
         """Flush and release the tracker's run."""
 
+    def _run_identity(self) -> dict[str, Any]:
+        """How a hosted tracker names the run: project = the output folder's name, run = the preset (or
+        estimator), with the whole config attached."""
+        return dict(project=self.output_dir.resolve().name, config=self.cfg.to_dict(),
+                    name=self.cfg.preset_name or self.cfg.advantage_estimator)
+
     def _send(self, metrics: dict[str, float], step: int) -> None:
         if not self.started:
             self.start()
@@ -138,8 +144,7 @@ class TrackioCallback(TrackerCallback):
         self.trackio = _import("trackio")
 
     def start(self) -> None:
-        self.trackio.init(project=self.output_dir.resolve().name, config=self.cfg.to_dict(),
-                          name=self.cfg.preset_name or self.cfg.advantage_estimator)
+        self.trackio.init(**self._run_identity())
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.trackio.log(metrics, step=step)
@@ -158,9 +163,8 @@ class WandbCallback(TrackerCallback):
 
     def start(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.run = self.wandb.init(project=self.output_dir.resolve().name, config=self.cfg.to_dict(),
-                                   name=self.cfg.preset_name or self.cfg.advantage_estimator,
-                                   dir=str(self.output_dir), mode=os.environ.get("WANDB_MODE", "offline"))
+        self.run = self.wandb.init(**self._run_identity(), dir=str(self.output_dir),
+                                   mode=os.environ.get("WANDB_MODE", "offline"))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
