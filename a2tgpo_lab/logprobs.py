@@ -130,6 +130,19 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return TokenLogprobs(logprobs, entropy)
 
 
+def distinct_rows(keys) -> tuple[list[int], torch.Tensor]:
+    """Equal keys share one computation: the index of each distinct key's first row, and for every row
+    which distinct key it has (``copy_of`` [N], to spread the shared results back over the rows)."""
+    slot: dict = {}
+    firsts, copy_of = [], []
+    for row, key in enumerate(keys):
+        if key not in slot:
+            slot[key] = len(firsts)
+            firsts.append(row)
+        copy_of.append(slot[key])
+    return firsts, torch.tensor(copy_of, dtype=torch.long)
+
+
 def _shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor,
                            groups: torch.Tensor, predicts: torch.Tensor, every_position: bool) -> torch.Tensor:
     """Logits [N, V] at the True positions of ``predicts`` (row-major), encoding each group's prefix once.
@@ -145,11 +158,8 @@ def _shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch
     """
     device = input_ids.device
     lengths, groups = lengths.to(device), groups.to(device)
-    firsts = {}
-    for b, group in enumerate(groups.tolist()):
-        firsts.setdefault(group, b)
-    leaders = torch.tensor(list(firsts.values()), device=device)                   # one row per group
-    copy_of = torch.tensor([list(firsts).index(g) for g in groups.tolist()], device=device)
+    leaders, copy_of = distinct_rows(groups.tolist())
+    leaders, copy_of = torch.tensor(leaders, device=device), copy_of.to(device)    # one row per group
     width = int(lengths.max())
     columns = torch.arange(width, device=device)
     in_prefix = columns[None, :] < lengths[:, None]                                 # [B, P]

@@ -60,6 +60,7 @@ import torch
 from .chat import ObservationTemplate, encode, observation_template, probe_suffix, prompt_ids, prompt_options
 from .config import A2TGPOConfig
 from .envs.qa import QAExample
+from .logprobs import distinct_rows, logprobs_from_logits, token_budget_batches, token_logprobs
 from .protocol import Action, get_protocol
 from .records import Trajectory
 
@@ -128,16 +129,14 @@ class _CachedBatch:
 
         Identical chunks (the G rollouts of a prompt all start from it) are encoded, and probed, once
         and their cache rows copied."""
-        keys = [(tuple(chunk), probes[i].tokens if probes else ()) for i, chunk in enumerate(chunks)]
-        distinct: dict[tuple, int] = {}
-        copy_of = torch.tensor([distinct.setdefault(key, len(distinct)) for key in keys])
-        firsts = [keys.index(key) for key in distinct]
+        firsts, copy_of = distinct_rows([(tuple(chunk), probes[i].tokens if probes else ())
+                                     for i, chunk in enumerate(chunks)])
         self.cache, self.rows = _new_cache(self.model), list(rows)
-        self.mask = torch.zeros(len(distinct), 0, dtype=torch.long, device=self.device)
-        self.next_position = torch.zeros(len(distinct), dtype=torch.long, device=self.device)
+        self.mask = torch.zeros(len(firsts), 0, dtype=torch.long, device=self.device)
+        self.next_position = torch.zeros(len(firsts), dtype=torch.long, device=self.device)
         logits = self.feed([list(chunks[i]) for i in firsts])
         scores = self.probe([probes[i] for i in firsts]) if probes else None
-        if len(distinct) < len(chunks):
+        if len(firsts) < len(chunks):
             copy_of = copy_of.to(self.device)
             self.cache.batch_select_indices(copy_of)
             self.mask, self.next_position, logits = self.mask[copy_of], self.next_position[copy_of], logits[copy_of]
@@ -155,25 +154,21 @@ class _CachedBatch:
         their cache rows; with every row distinct the chunk goes into the cache itself and is cropped
         off again. Returns [N] float32 on the CPU."""
         with self.timer("ig_forward"):
-            distinct: dict = {}
-            copy_of = [distinct.setdefault(key, len(distinct)) for key in keys] if keys else list(range(len(probes)))
-            if len(set(copy_of)) == len(probes):
+            firsts, copy_of = distinct_rows(keys if keys else range(len(probes)))
+            if len(firsts) == len(probes):
                 scores = self._score(self.cache, self.mask, self.next_position, probes)
                 self.cache.crop(-max(len(p.tokens) for p in probes))  # the context is back as it was
                 return scores
             from transformers import DynamicCache
 
-            firsts = torch.tensor([copy_of.index(d) for d in range(len(distinct))], device=self.device)
-            cache = DynamicCache([(layer.keys[firsts], layer.values[firsts]) for layer in self.cache.layers])
-            scores = self._score(cache, self.mask[firsts], self.next_position[firsts],
-                                 [probes[int(i)] for i in firsts])
-            return scores[torch.tensor(copy_of)]
+            index = torch.tensor(firsts, device=self.device)
+            cache = DynamicCache([(layer.keys[index], layer.values[index]) for layer in self.cache.layers])
+            scores = self._score(cache, self.mask[index], self.next_position[index], [probes[i] for i in firsts])
+            return scores[copy_of]
 
     def _score(self, cache, mask: torch.Tensor, next_position: torch.Tensor,
                probes: list["_ProbeTokens"]) -> torch.Tensor:
         """The forward of :meth:`probe` after ``cache`` (rows with attention ``mask`` and ``next_position``)."""
-        from .logprobs import logprobs_from_logits
-
         ids, real = self._right_padded([list(p.tokens) for p in probes])
         width = ids.shape[1]
         predicts_gold = torch.zeros((len(probes), width), dtype=torch.bool)
@@ -476,8 +471,6 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
     """Advance every rollout turn by turn until all have ended (fills the rollouts in place); return the
     compacted cache when ``keep_kv`` and the probe scores [B, T+1] when ``probes`` (each when the model's
     cache supports it: every past token kept, so it can be cropped and compacted)."""
-    from .logprobs import logprobs_from_logits
-
     batch = _CachedBatch(model, pad_id, device, keep_kv=keep_kv, temperature=cfg.temperature, timer=timer)
     live = list(range(len(rollouts)))
     if probes and not _supports_kv_prefix(_new_cache(model)):
@@ -626,8 +619,6 @@ def _to_trajectory(rollouts: list[_Rollout], cfg: A2TGPOConfig, pad_id: int) -> 
 def recompute_old_logprobs(model, traj: Trajectory, cfg: A2TGPOConfig) -> torch.Tensor:
     """log π_old [B, L] of the generated tokens (0 elsewhere) by a no-grad, eval-mode forward over the
     finished batch (``old_logprobs="recompute"``), in length buckets of ``cfg.micro_batch_tokens``."""
-    from .logprobs import token_budget_batches, token_logprobs
-
     device = next(model.parameters()).device
     lengths = traj.attention_mask.sum(dim=1)
     score_mask = traj.loss_mask if cfg.scored_logits_only else None
