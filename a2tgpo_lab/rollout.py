@@ -471,10 +471,11 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
     """Advance every rollout turn by turn until all have ended (fills the rollouts in place); return the
     compacted cache when ``keep_kv`` and the probe scores [B, T+1] when ``probes`` (each when the model's
     cache supports it: every past token kept, so it can be cropped and compacted)."""
+    if not _supports_kv_prefix(_new_cache(model)):
+        # a sliding-window cache can be neither cropped back nor compacted: the caller probes afterwards
+        keep_kv, probes = False, None
     batch = _CachedBatch(model, pad_id, device, keep_kv=keep_kv, temperature=cfg.temperature, timer=timer)
     live = list(range(len(rollouts)))
-    if probes and not _supports_kv_prefix(_new_cache(model)):
-        probes = None  # a sliding-window cache cannot be cropped back: the caller probes afterwards
     logits, scores = batch.start(live, [rollouts[i].ids for i in live], probes)
     probe_scores = torch.full((len(rollouts), cfg.max_turns + 1), float("nan")) if probes else None
     if probes:
@@ -550,7 +551,7 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
         if probes:  # the cache now ends with c_turn: the observation and the next assistant header
             probe_scores[batch.rows, turn] = batch.probe([probes[i] for i in batch.rows],
                                                          keys=[(tuple(rollouts[i].ids), probes[i]) for i in batch.rows])
-    if batch.retired is None or not _supports_kv_prefix(batch.cache):
+    if batch.retired is None:
         return None, probe_scores
     batch.retire(batch.rows)
     return _kv_prefix(batch.retired, len(rollouts)), probe_scores

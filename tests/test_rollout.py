@@ -521,3 +521,25 @@ def test_growing_cache_layer_acts_like_concatenation():
     assert torch.equal(out[0], torch.cat([expected_keys, keys], dim=-2))
     assert torch.equal(out[1], torch.cat([expected_values, values], dim=-2))
     assert layer.buffers[0].data_ptr() not in (buffer, grown)
+
+
+def test_a_sliding_window_cache_is_neither_kept_nor_probed_while_sampling():
+    """A sliding-window layer drops old tokens, so its cache can be neither compacted for the probe nor
+    cropped back after one: the rollout runs as usual and leaves both to the caller (a probe pass after it)."""
+    from transformers import Qwen3ForCausalLM
+
+    tokenizer = make_tokenizer()
+    full = make_model(tokenizer, init_std=0.1)
+    config = full.config.to_dict() | dict(use_sliding_window=True, sliding_window=8, max_window_layers=0,
+                                           layer_types=["sliding_attention"] * full.config.num_hidden_layers)
+    windowed = Qwen3ForCausalLM(type(full.config)(**config)).eval()
+    windowed.load_state_dict(full.state_dict())
+    handle = force_next_tokens(windowed, tokenizer, SEARCH_OR_ANSWER)
+    try:
+        traj = generate_rollouts(windowed, tokenizer, EXAMPLES, fact_tool, small_config(num_generations=2),
+                                 generator=torch.Generator().manual_seed(4), probe=True, keep_kv=True)
+    finally:
+        handle.remove()
+    assert int(traj.context_ends.max()) > 8, "the rollouts must outgrow the window"
+    assert (traj.num_tool_turns >= 2).any()
+    assert traj.kv_prefix is None and traj.probe_logprob_mean is None
