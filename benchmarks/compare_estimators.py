@@ -26,6 +26,7 @@ questions within each seed, so an interval holds both the seed-to-seed and the q
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -246,11 +247,17 @@ def bootstrap_ci(per_seed: list[np.ndarray], rng: np.random.Generator, n: int = 
     return point, float(low), float(high)
 
 
-def group_key(row: dict) -> str:
-    """How runs are grouped in the tables: rung, plus the clip β when it is not the preset's."""
+@functools.cache
+def preset_defaults(rung: str) -> dict:
+    """The preset's config as a dict (asked for every row by the report's grouping)."""
     from a2tgpo_lab import preset
 
-    default = preset(row["rung"]).clip_beta
+    return preset(rung).to_dict()
+
+
+def group_key(row: dict) -> str:
+    """How runs are grouped in the tables: rung, plus the clip β when it is not the preset's."""
+    default = preset_defaults(row["rung"])["clip_beta"]
     return row["rung"] if abs(row["clip_beta"] - default) < 1e-9 else f"{row['rung']} β={row['clip_beta']:.1f}"
 
 
@@ -506,9 +513,7 @@ RUN_FIELDS = {"clip_beta", "controlled", "seed", "max_steps", "eval_steps", "eva
 
 def recipe(row: dict) -> str:
     """The recipe a run trained with: "published recipe" (its preset), plus every field set otherwise (``--set``)."""
-    from a2tgpo_lab import preset
-
-    defaults = preset(row["rung"]).to_dict()
+    defaults = preset_defaults(row["rung"])
     changed = {k: v for k, v in row["config"].items() if k not in RUN_FIELDS and defaults.get(k) != v}
     return "published recipe" + "".join(f", {k}={v}" for k, v in sorted(changed.items()))
 
