@@ -29,9 +29,9 @@ temperature (the full distribution, before top-p), in one of two ways (``cfg.old
 
 With ``probe=True`` the IG probe (probe.py) is scored while sampling: each context c_t is in the
 cache exactly when turn t + 1 is about to start (the prompt, then each observation with the next
-assistant header), so the probe suffix and gold answer are fed after it as one more chunk, their
-log-probs read, and the chunk cropped off the cache again. The probe then costs (K + 1)·|s + a|
-tokens per rollout and no pass over the contexts (``traj.probe_logprob_mean``).
+assistant header), so the probe suffix and gold answer ride in the forward that feeds c_t, after it,
+their log-probs are read, and they are cropped off the cache again. The probe then costs (K + 1)·|s + a|
+tokens per rollout, no pass over the contexts and no forward call of its own (``traj.probe_logprob_mean``).
 
 With ``keep_kv=True`` the cache rows of ended rollouts are kept instead of dropped, compacted
 (holes removed) into a :class:`KVPrefix`: a probe scored afterwards reads its contexts from it
@@ -125,63 +125,22 @@ class _CachedBatch:
     def start(self, rows: list[int], chunks: list[list[int]],
               probes: Optional[list["_ProbeTokens"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``; return the
-        next-token logits and, given ``probes``, each row's probe score after its chunk (:meth:`probe`).
+        next-token logits and, given ``probes``, each row's probe score after its chunk (:meth:`feed`).
 
         Identical chunks (the G rollouts of a prompt all start from it) are encoded, and probed, once
         and their cache rows copied."""
         firsts, copy_of = distinct_rows([(tuple(chunk), probes[i].tokens if probes else ())
-                                     for i, chunk in enumerate(chunks)])
+                                         for i, chunk in enumerate(chunks)])
         self.cache, self.rows = _new_cache(self.model), list(rows)
         self.mask = torch.zeros(len(firsts), 0, dtype=torch.long, device=self.device)
         self.next_position = torch.zeros(len(firsts), dtype=torch.long, device=self.device)
-        logits = self.feed([list(chunks[i]) for i in firsts])
-        scores = self.probe([probes[i] for i in firsts]) if probes else None
+        logits, scores = self.feed([list(chunks[i]) for i in firsts], [probes[i] for i in firsts] if probes else None)
         if len(firsts) < len(chunks):
             copy_of = copy_of.to(self.device)
             self.cache.batch_select_indices(copy_of)
             self.mask, self.next_position, logits = self.mask[copy_of], self.next_position[copy_of], logits[copy_of]
             scores = scores[copy_of.cpu()] if scores is not None else None
         return logits, scores
-
-    def probe(self, probes: list["_ProbeTokens"], keys: Optional[list] = None) -> torch.Tensor:
-        """ℓ of each cache row's probe read after its cached context, which is left as it was:
-
-            ℓ = (1/|a|) Σ_j log softmax(z_j / τ)[a_j]     z_j: logits predicting gold token a_j
-
-        The probe tokens (suffix s, then gold a) go in as one more right-padded chunk at the row's next
-        positions, logits only where a gold token is predicted. Rows with equal ``keys`` (the same
-        context and probe: rollouts of a prompt that searched alike) are scored once, on a copy of
-        their cache rows; with every row distinct the chunk goes into the cache itself and is cropped
-        off again. Returns [N] float32 on the CPU."""
-        with self.timer("ig_forward"):
-            firsts, copy_of = distinct_rows(keys if keys else range(len(probes)))
-            if len(firsts) == len(probes):
-                scores = self._score(self.cache, self.mask, self.next_position, probes)
-                self.cache.crop(-max(len(p.tokens) for p in probes))  # the context is back as it was
-                return scores
-            from transformers import DynamicCache
-
-            index = torch.tensor(firsts, device=self.device)
-            cache = DynamicCache([(layer.keys[index], layer.values[index]) for layer in self.cache.layers])
-            scores = self._score(cache, self.mask[index], self.next_position[index], [probes[i] for i in firsts])
-            return scores[copy_of]
-
-    def _score(self, cache, mask: torch.Tensor, next_position: torch.Tensor,
-               probes: list["_ProbeTokens"]) -> torch.Tensor:
-        """The forward of :meth:`probe` after ``cache`` (rows with attention ``mask`` and ``next_position``)."""
-        ids, real = self._right_padded([list(p.tokens) for p in probes])
-        width = ids.shape[1]
-        predicts_gold = torch.zeros((len(probes), width), dtype=torch.bool)
-        for i, p in enumerate(probes):
-            predicts_gold[i, len(p.tokens) - p.gold_len - 1: len(p.tokens) - 1] = True
-        targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1)[predicts_gold]      # the token each kept logit scores
-        ids, real = ids.to(self.device), real.to(self.device)
-        positions = next_position[:, None] + torch.arange(width, device=self.device)[None, :]
-        logits = self.model(input_ids=ids, attention_mask=torch.cat([mask, real], dim=1), position_ids=positions,
-                            cache=cache, use_cache=True, logits_to_keep=predicts_gold.to(self.device)).logits
-        scores = logprobs_from_logits(logits, targets.to(self.device), self.temperature).logprobs.cpu()
-        gold_len = torch.tensor([p.gold_len for p in probes], dtype=torch.float32)
-        return torch.zeros(len(probes)).index_add_(0, predicts_gold.nonzero()[:, 0], scores.float()) / gold_len
 
     def keep(self, rows: list[int]) -> None:
         """Drop every cache row whose rollout is not in ``rows`` (ended rollouts cost nothing more).
@@ -225,24 +184,60 @@ class _CachedBatch:
             real[i, : len(chunk)] = 1
         return ids, real
 
-    def feed(self, chunks: list[list[int]]) -> torch.Tensor:
-        """Append ``chunks[i]`` (possibly empty) to cache row i; return next-token logits [N, V].
+    def feed(self, chunks: list[list[int]],
+             probes: Optional[list["_ProbeTokens"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Append ``chunks[i]`` (possibly empty) to cache row i; return next-token logits [N, V] and,
+        given ``probes``, ℓ of each row's IG probe read right after its chunk ([N] float32 on the CPU):
+
+            ℓ = (1/|a|) Σ_j log softmax(z_j / τ)[a_j]     z_j: logits predicting gold token a_j
 
         The chunks are right-padded into one [N, M] block; padding gets attention mask 0 (a hole)
         and every real token the position ``next_position + offset``. Row i's logits come from its
         last real token of the chunk (undefined for an empty chunk, and not used).
+
+        The probe tokens (suffix s, then gold a) ride in the same forward as a second right-padded
+        block after the chunks, at the positions that follow each row's chunk: attention sees the
+        row's context through the cache and its chunk, the chunk's padding being a hole. Logits are
+        projected only at the chunk's last token and where a gold token is predicted, and the probe
+        block is cropped off the cache afterwards, so the rollout continues as if it was never there.
         """
         ids, real = self._right_padded(chunks)
         width = ids.shape[1]
-        ids, real = ids.to(self.device), real.to(self.device)
-        positions = self.next_position[:, None] + torch.arange(width, device=self.device)[None, :]
-        last_real = (real.sum(dim=1) - 1).clamp(min=0)                         # [N]
+        rows = torch.arange(len(chunks))
+        positions = self.next_position.cpu()[:, None] + torch.arange(width)[None, :]
+        keep = torch.zeros(ids.shape, dtype=torch.bool)
+        keep[rows, (real.sum(dim=1) - 1).clamp(min=0)] = True                  # each row's last real token
+        block_ids, block_real, block_positions, block_keep = [ids], [real], [positions], [keep]
+        if probes:
+            with self.timer("ig_forward"):
+                probe_ids, probe_real = self._right_padded([list(p.tokens) for p in probes])
+                predicts_gold = torch.zeros(probe_ids.shape, dtype=torch.bool)
+                for i, p in enumerate(probes):
+                    predicts_gold[i, len(p.tokens) - p.gold_len - 1: len(p.tokens) - 1] = True
+                targets = torch.cat([probe_ids[:, 1:], probe_ids[:, :1]], dim=1)[predicts_gold]
+                block_ids.append(probe_ids)
+                block_real.append(probe_real)
+                block_positions.append(positions[:, :1] + real.sum(dim=1, keepdim=True)
+                                       + torch.arange(probe_ids.shape[1])[None, :])
+                block_keep.append(predicts_gold)
+        keep = torch.cat(block_keep, dim=1).to(self.device)
+        out = self.model(input_ids=torch.cat(block_ids, dim=1).to(self.device),
+                         attention_mask=torch.cat([self.mask] + [b.to(self.device) for b in block_real], dim=1),
+                         position_ids=torch.cat(block_positions, dim=1).to(self.device),
+                         cache=self.cache, use_cache=True, logits_to_keep=keep)
+        self.cache, real = out.cache, real.to(self.device)
         self.mask = torch.cat([self.mask, real], dim=1)                        # [N, S + M]
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, cache=self.cache,
-                         use_cache=True, logits_to_keep=last_real[:, None])
-        self.cache = out.cache
         self.next_position = self.next_position + real.sum(dim=1)
-        return out.logits[:, 0, :]
+        is_next = keep.nonzero()[:, 1] < width                                  # kept logits, row-major
+        if not probes:
+            return out.logits[is_next], None
+        with self.timer("ig_forward"):
+            self.cache.crop(-probe_ids.shape[1])                               # the context is back as it was
+            scores = logprobs_from_logits(out.logits[~is_next], targets.to(self.device),
+                                          self.temperature).logprobs.cpu()
+            gold_len = torch.tensor([p.gold_len for p in probes], dtype=torch.float32)
+            summed = torch.zeros(len(probes)).index_add_(0, predicts_gold.nonzero()[:, 0], scores.float())
+            return out.logits[is_next], summed / gold_len
 
 
 @dataclass
@@ -414,8 +409,9 @@ def generate_rollouts(model, tokenizer, examples: Sequence[QAExample], tool: Cal
         probe: score the IG probe of every context c_t while sampling (module docstring) into
             ``traj.probe_logprob_mean`` [B, T+1] (ℓ_t of the first gold alias, NaN past K_i); it stays
             None for a model whose cache does not hold every past token.
-        timer: ``timer("ig_forward")`` is entered around each probe pass (the trainer's phase timer, so
-            the probe's time is not counted as sampling).
+        timer: ``timer("ig_forward")`` is entered around the probe's own work (the trainer's phase timer):
+            building its tokens, scoring them, cropping them off. Its tokens' share of the forward they
+            ride in is counted as sampling.
 
     Returns:
         A right-padded :class:`Trajectory` of B = P·G rollouts, its tensors on the CPU.
@@ -512,7 +508,7 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
                     generating[i] = False
             if not any(generating.values()):
                 break
-            logits = batch.feed([pending[i] for i in batch.rows])
+            logits, _ = batch.feed([pending[i] for i in batch.rows])
             pending = {i: [] for i in batch.rows}
 
         # ---- act on each finished turn
@@ -542,15 +538,16 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
             turns.set_postfix(running=len(live))
         if not live:
             break
-        # ---- feed the observations (and each turn's last token) to start the next turn
+        # ---- feed the observations (and each turn's last token) to start the next turn; the cache then
+        # ends with c_turn (the observation and the next assistant header), where the probe is read
         batch.keep(live)
+        turn_probes = [probes[i] for i in live] if probes else None
         if reencode:
-            logits, _ = batch.start(live, [rollouts[i].ids for i in live])
+            logits, scores = batch.start(live, [rollouts[i].ids for i in live], turn_probes)
         else:
-            logits = batch.feed([pending[i] for i in live])
-        if probes:  # the cache now ends with c_turn: the observation and the next assistant header
-            probe_scores[batch.rows, turn] = batch.probe([probes[i] for i in batch.rows],
-                                                         keys=[(tuple(rollouts[i].ids), probes[i]) for i in batch.rows])
+            logits, scores = batch.feed([pending[i] for i in live], turn_probes)
+        if probes:
+            probe_scores[live, turn] = scores
     if batch.retired is None:
         return None, probe_scores
     batch.retire(batch.rows)
