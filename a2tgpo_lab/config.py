@@ -198,7 +198,8 @@ class A2TGPOConfig:
         runs one more forward over the finished batch. Use ``"recompute"`` with bf16 / fp16 / 4-bit
         on a GPU, where an incremental decode rounds differently from a full forward.
     probe_while_sampling: score the IG probe inside the rollout, right when each context c_t sits in
-        the sampler's KV cache: the probe tokens are fed after it and cropped off again (default True;
+        the sampler's KV cache: the probe tokens ride in the forward that feeds c_t, after it, and are
+        cropped off again, so the probe needs no forward call of its own (default True;
         equal to a separate probe pass up to float rounding; with bf16 / fp16 weights that rounding is
         the incremental cache's, as for ``old_logprobs="sampler"``). Not possible, so the probe runs
         after the rollout, with ``ig_last_context="search"`` (the last context is only known later) or

@@ -76,7 +76,8 @@ def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str
                         entities: Optional[Mapping[str, Sequence[str]]] = None,
                         system_prompt: str = SYSTEM_PROMPT,
                         shortcut_rates: Optional[Mapping[str, float]] = None,
-                        lazy_query_rate: float = 0.0, fooled_rate: float = 0.5) -> list[Messages]:
+                        lazy_query_rate: float = 0.0, fooled_rate: float = 0.5,
+                        guess_rates: Optional[Mapping[str, float]] = None) -> list[Messages]:
     """One chat (list of ``{"role", "content"}``) per example, following ``meta["queries"]`` with ``tool``.
 
     Each search turn issues the next careful query and is followed by the tool's observation; the
@@ -88,13 +89,16 @@ def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str
     ``shortcut_rates`` overrides ``shortcut_rate`` per question type (e.g. ``{"multi_part": 0.5}``).
     With probability ``lazy_query_rate`` an example with ``meta["trap_query"]`` starts with that lazy
     search, then answers the trap's wrong city (probability ``fooled_rate``) or recovers.
+    With probability ``guess_rates[qtype]`` (e.g. ``{"founder": 0.4}``; default none) an example answers
+    a guess at once, without searching: a start that sometimes skips the search RL can teach to make.
 
     With probability ``rename_rate`` the chat's entities are renamed (see the module docstring);
     ``entities`` maps each kind (e.g. ``"people"``) to every name of that kind.
     """
-    shortcut_rates = dict(shortcut_rates or {})
-    rates = [("shortcut_rate", shortcut_rate), ("rename_rate", rename_rate), ("lazy_query_rate", lazy_query_rate),
-             ("fooled_rate", fooled_rate)] + [(f"shortcut_rates[{q!r}]", r) for q, r in shortcut_rates.items()]
+    shortcut_rates, guess_rates = dict(shortcut_rates or {}), dict(guess_rates or {})
+    rates = ([("shortcut_rate", shortcut_rate), ("rename_rate", rename_rate), ("lazy_query_rate", lazy_query_rate),
+              ("fooled_rate", fooled_rate)] + [(f"shortcut_rates[{q!r}]", r) for q, r in shortcut_rates.items()]
+             + [(f"guess_rates[{q!r}]", r) for q, r in guess_rates.items()])
     for name, rate in rates:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"make_demonstrations: {name}={rate!r} must be in [0, 1].")
@@ -122,11 +126,14 @@ def make_demonstrations(examples: Sequence[QAExample], tool: Callable[[str], str
             answer = example.meta["trap_answer"] if fooled else example.answers[0]
         else:
             searches = len(queries)
-            if searches >= 2 and rng.random() < shortcut_rates.get(example.qtype, shortcut_rate):
+            # a type without a guess rate draws no number for it, so builds without one are unchanged
+            if example.qtype in guess_rates and rng.random() < guess_rates[example.qtype]:
+                searches = 0
+            elif searches >= 2 and rng.random() < shortcut_rates.get(example.qtype, shortcut_rate):
                 searches = rng.randint(1, len(queries) - 1)
             for query in queries[:searches]:
                 search(query)
-            answer = example.answers[0] if searches == len(queries) else _guess(example, pools, rng)
+            answer = example.answers[0] if searches == len(queries) else _guess(example, searches, pools, rng)
         messages.append({"role": "assistant", "content": format_answer(answer)})
         if rng.random() < rename_rate:
             messages = _renamed(messages, kind_of, entities, rng)
@@ -159,8 +166,10 @@ def _answer_pools(examples: Sequence[QAExample]) -> dict[str, list[str]]:
     return {qtype: sorted(parts) for qtype, parts in pools.items()}
 
 
-def _guess(example: QAExample, pools: dict[str, list[str]], rng: random.Random) -> str:
+def _guess(example: QAExample, searches: int, pools: dict[str, list[str]], rng: random.Random) -> str:
     """A plausible-looking answer after too few lookups (possibly right by luck)."""
+    if example.qtype == "multi_part" and searches == 0:
+        return f"{rng.choice(pools[example.qtype])} {ANSWER_PART_SEPARATOR} {rng.choice(pools[example.qtype])}"
     if example.qtype == "multi_part":
         # The first search revealed the first founder; the second is a guess.
         known = example.meta["steps"][0][2]

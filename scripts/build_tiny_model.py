@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shlex
 import sys
 import time
 from collections import defaultdict
@@ -128,7 +129,7 @@ Rebuild: `{command}` (seeded, one thread; this build took {minutes:.0f} minutes)
 
 PHASE_LINE = ("- Phase {n}: {steps} steps at lr {lr:g} ({warmup} warm-up), {n_demos:,} demonstrations ({repeats} per sft "
               "question), shortcut rate {shortcut_rate:g}{overrides}, lazy first search on namesake questions "
-              "{lazy:g} (then fooled {fooled:g}); final loss {final_loss:.3f}; {minutes:.1f} minutes on one CPU thread.\n")
+              "{lazy:g} (then fooled {fooled:g}){guesses}; final loss {final_loss:.3f}; {minutes:.1f} minutes on one CPU thread.\n")
 
 
 def load_initial(path: Path):
@@ -140,6 +141,16 @@ def load_initial(path: Path):
         raise ValueError(f"--init_from {path}: its vocabulary differs from the one the current world needs; "
                          "rebuild from scratch (drop --init_from).")
     return AutoModelForCausalLM.from_pretrained(path), tokenizer
+
+
+def _build_lines(model_dir: Path) -> list[str]:
+    """The phase lines of a saved model's card (how it was built), so a model built on top of it carries
+    its whole history; a model without a card says so."""
+    card = model_dir / "README.md"
+    if not card.exists():
+        return [f"- (no card at {card}: its history is unknown)"]
+    return [line.rstrip() for line in card.read_text(encoding="utf-8").splitlines()
+            if line.startswith(("- Phase", "- Started", "  -"))]  # "  -": its own start's history
 
 
 def main(argv=None) -> None:
@@ -163,6 +174,8 @@ def main(argv=None) -> None:
     parser.add_argument("--shortcut_rate", type=float, default=0.7)
     parser.add_argument("--shortcut_rates", type=json.loads, default={"multi_part": 0.5},
                         help='phase 2 per-type overrides of --shortcut_rate, JSON (default {"multi_part": 0.5})')
+    parser.add_argument("--guess_rates", type=json.loads, default={},
+                        help='phase 2: per-type rate of answering a guess without searching, JSON (default none)')
     parser.add_argument("--lazy_query_rate", type=float, default=0.3, help="phase 2: lazy first search on namesakes")
     parser.add_argument("--fooled_rate", type=float, default=0.5, help="phase 2: a lazy search then answers its wrong city")
     parser.add_argument("--rename_rate", type=float, default=1.0, help="share of demonstrations with renamed entities")
@@ -192,9 +205,10 @@ def main(argv=None) -> None:
     rng = random.Random(args.seed)
     phases = [
         dict(n=1, steps=args.phase1_steps, lr=args.phase1_lr, repeats=args.repeats,
-             type_repeats=args.phase1_type_repeats, overrides=args.phase1_shortcut_rates, lazy=0.0),
+             type_repeats=args.phase1_type_repeats, overrides=args.phase1_shortcut_rates, lazy=0.0, guesses={}),
         dict(n=2, steps=args.phase2_steps, lr=args.phase2_lr, repeats=args.phase2_repeats,
-             type_repeats=args.phase2_type_repeats, overrides=args.shortcut_rates, lazy=args.lazy_query_rate),
+             type_repeats=args.phase2_type_repeats, overrides=args.shortcut_rates, lazy=args.lazy_query_rate,
+             guesses=args.guess_rates),
     ]
     phase_lines, total_minutes = [], 0.0
     for phase in phases:
@@ -203,7 +217,8 @@ def main(argv=None) -> None:
         questions = repeat_by_type(sft_questions, phase["repeats"], phase["type_repeats"])
         demos = make_demonstrations(questions, tool, rng, args.shortcut_rate,
                                     rename_rate=args.rename_rate, entities=entities, shortcut_rates=phase["overrides"],
-                                    lazy_query_rate=phase["lazy"], fooled_rate=args.fooled_rate)
+                                    lazy_query_rate=phase["lazy"], fooled_rate=args.fooled_rate,
+                                    guess_rates=phase["guesses"])
         start = time.time()
         losses = train_sft(model, tokenizer, demos, steps=phase["steps"], batch_size=args.batch_size, lr=phase["lr"],
                            warmup_steps=args.warmup_steps, seed=args.seed + phase["n"])
@@ -214,10 +229,11 @@ def main(argv=None) -> None:
         phase_lines.append(PHASE_LINE.format(
             n=phase["n"], steps=phase["steps"], lr=phase["lr"], warmup=args.warmup_steps, n_demos=len(demos),
             repeats=repeats, shortcut_rate=args.shortcut_rate, overrides=overrides, lazy=phase["lazy"],
+            guesses="".join(f", {q} answered without searching {r:g}" for q, r in phase["guesses"].items()),
             fooled=args.fooled_rate, final_loss=float(np.mean(losses[-20:])), minutes=minutes))
     if args.init_from:
-        phase_lines.insert(0, f"- Started from the saved model `{args.init_from}` (see its own card for how it was "
-                              "built).\n")
+        phase_lines.insert(0, f"- Started from the saved model `{args.init_from}`, itself built as follows:\n"
+                              + "".join(f"  {line}\n" for line in _build_lines(args.init_from)))
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out)
@@ -233,7 +249,7 @@ def main(argv=None) -> None:
                 print(f"  {message['role']:9s} {message['content']}")
         print(json.dumps({k: v for k, v in report.items()}, indent=1))
         example, chat = transcripts[0]
-        command = "python scripts/build_tiny_model.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python scripts/build_tiny_model.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         card = MODEL_CARD.format(
             params=params, hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
             heads=model.config.num_attention_heads, vocab=len(tokenizer), seed=args.seed, batch_size=args.batch_size,

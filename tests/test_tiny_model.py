@@ -85,6 +85,20 @@ def test_shortcut_rates_override_per_question_type(tool):
         make_demonstrations(examples, tool, random.Random(0), shortcut_rates={"multi_part": 2.0})
 
 
+def test_guess_rates_answer_without_searching_only_for_the_listed_types(tool):
+    examples = load_split("sft")[:200]
+    chats = make_demonstrations(examples, tool, random.Random(0), shortcut_rate=0.0,
+                                guess_rates={"founder": 1.0, "multi_part": 1.0})
+    for example, chat in zip(examples, chats):
+        searches = sum(m["role"] == "assistant" for m in chat) - 1
+        guessed = example.qtype in ("founder", "multi_part")
+        assert searches == (0 if guessed else example.hops), example.qtype
+        if example.qtype == "multi_part":  # both names guessed: nothing was looked up
+            assert chat[-1]["content"].count(";") == 1
+    with pytest.raises(ValueError, match="guess_rates"):
+        make_demonstrations(examples, tool, random.Random(0), guess_rates={"founder": -0.1})
+
+
 def test_lazy_first_searches_are_fooled_or_recover_on_namesake_questions(tool):
     examples = [e for e in load_split("sft") if e.qtype == "namesake"][:40]
     chats = make_demonstrations(examples, tool, random.Random(0), lazy_query_rate=1.0, fooled_rate=0.5)
