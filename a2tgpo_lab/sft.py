@@ -12,7 +12,8 @@ The demonstrations are deliberately imperfect, to leave headroom for RL: with pr
 ``shortcut_rate`` a multi-hop demonstration stops searching early and answers a guess (a chain
 question after its first search, a two-part or comparison question after one of its two searches).
 The warm-started model then usually shortcuts when decoding greedily, but sampling still takes the
-full path some of the time, which is exactly what GRPO / A²TGPO can reinforce.
+full path some of the time, which is exactly what GRPO / A²TGPO can reinforce. ``guess_rates`` does
+the same for questions of one search: a demonstration answers a guess without searching at all.
 
 Lazy first searches (``lazy_query_rate``): a ``namesake`` question ("where was the founder of C
 born ?" while a person also named C exists) has a tempting one-search query, "C born", that finds

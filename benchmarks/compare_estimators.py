@@ -189,8 +189,9 @@ def run(args) -> None:
     else:
         shared = {split: load_split(split) for split in ("train", "dev", "test")}
     shared["tool"] = SearchTool.from_jsonl(args.corpus, topk=2) if args.corpus else bundled_search_tool(topk=2)
+    from a2tgpo_lab import preset
+
     if not (out / "start.json").exists():  # the start model's greedy EM on the same questions: the "before" row
-        from a2tgpo_lab import preset
         from a2tgpo_lab.models import load_model_and_tokenizer
 
         cfg = preset("grpo", **run_overrides(args))
@@ -206,8 +207,6 @@ def run(args) -> None:
     for seed in args.seeds:  # seeds outermost: a cut-short run still has every rung for the first seeds
         for rung in args.rungs:
             for beta in betas:
-                from a2tgpo_lab import preset
-
                 beta_value = preset(rung, **({"clip_beta": beta} if beta is not None else {})).clip_beta
                 if (rung, seed, beta_value) in done:
                     continue

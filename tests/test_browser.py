@@ -230,7 +230,7 @@ def test_live_dashboard_draws_while_training_in_jupyterlab(tmp_path):
         page.wait_for_function(f"({PLOTS_JS})().some(p => p.traces > 0 && p.points >= 3)", timeout=120_000)
         first = page.evaluate(PLOTS_JS)
         first_step = status_step(page)
-        page.wait_for_function(f"s => /step (\\d+)/.exec(document.querySelector('.a2tgpo-status').innerText)[1] > s",
+        page.wait_for_function("s => /step (\\d+)/.exec(document.querySelector('.a2tgpo-status').innerText)[1] > s",
                                arg=first_step + 2, timeout=60_000)
         second = page.evaluate(PLOTS_JS)
         assert second != first, "the plots did not change while training ran"

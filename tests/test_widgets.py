@@ -394,7 +394,7 @@ def test_dashboard_on_the_real_trainer(tmp_path):
     trainer.train_in_background().join()
     assert dash._error == "" and [r.step for r in dash.records] == [0, 1] and "finished" in dash.status.value
     assert ig_trace_rollouts(dash.record_plot.figure, trainer.records[-1])
-    assert f"finished step 2 / 2" in dash.status.value and dash.pause_button.disabled
+    assert "finished step 2 / 2" in dash.status.value and dash.pause_button.disabled
     em = next(t for t in dash.history_plot.figure.data if t.meta["metric"] == "eval/em")
     assert len(em.y) == 1                                  # the evaluation after step 0, merged into the history
     for index, name in enumerate([*RECORD_VIEWS, "rollouts"]):
