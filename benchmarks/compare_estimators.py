@@ -247,11 +247,12 @@ def bootstrap_ci(per_seed: list[np.ndarray], rng: np.random.Generator, n: int = 
 
 
 @functools.cache
-def preset_defaults(rung: str) -> dict:
-    """The preset's config as a dict (asked for every row by the report's grouping)."""
+def preset_defaults(rung: str, controlled: bool = False) -> dict:
+    """The preset's config as a dict, under the controlled switch if asked (for every row by the report's
+    grouping)."""
     from a2tgpo_lab import preset
 
-    return preset(rung).to_dict()
+    return preset(rung, controlled=controlled).to_dict()
 
 
 def group_key(row: dict) -> str:
@@ -505,14 +506,16 @@ def figures(rows: list[dict], img_dir: Path, prefix: str) -> list[Path]:
     return written
 
 
-# Config fields that say how long / on what a run trained, not the recipe it trained with.
-RUN_FIELDS = {"clip_beta", "controlled", "seed", "max_steps", "eval_steps", "eval_num_prompts", "save_steps",
-              "output_dir", "model_name_or_path", "dataset", "corpus"}
+# Config fields that say how long / on what a run trained, not the recipe it trained with (prompts per step
+# is the budget: the ladder's runs all take 4, and their mechanisms and figures are those of the presets).
+RUN_FIELDS = {"clip_beta", "controlled", "seed", "max_steps", "num_prompts_per_step", "eval_steps",
+              "eval_num_prompts", "save_steps", "output_dir", "model_name_or_path", "dataset", "corpus"}
 
 
 def recipe(row: dict) -> str:
-    """The recipe a run trained with: "published recipe" (its preset), plus every field set otherwise (``--set``)."""
-    defaults = preset_defaults(row["rung"])
+    """The recipe a run trained with: "published recipe" (its preset, under the controlled switch if it ran
+    with it), plus every field set otherwise (``--set``)."""
+    defaults = preset_defaults(row["rung"], bool(row["controlled"]))
     changed = {k: v for k, v in row["config"].items() if k not in RUN_FIELDS and defaults.get(k) != v}
     return "published recipe" + "".join(f", {k}={v}" for k, v in sorted(changed.items()))
 
