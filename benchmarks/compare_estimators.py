@@ -302,7 +302,8 @@ def spreads(table: dict, split: str = "dev") -> dict:
 
 def mechanisms(rows: list[dict]) -> dict:
     """Fig. 4: per-turn raw IG, normalized IG, advantages for igpo vs a2tgpo on the same step-0 batch (pairs of
-    runs with the same seed and start model), ΔĀ_t, per-turn spread; Fig. 5: advantage min/max/mean per step;
+    runs with the same seed and start model), ΔĀ_t, per-turn spread, and how many step-0 process turns have
+    Î_t exactly 0 (a turn group whose members all gained the same IG); Fig. 5: advantage min/max/mean per step;
     the clip band and clipped share by normalized-IG bucket."""
     out: dict = {"fig4": {}, "fig5": {}, "clip_by_ig": {}}
     rows = [r for r in rows if group_key(r) == r["rung"] and not r["controlled"]]  # the preset's own β, published loss
@@ -317,6 +318,11 @@ def mechanisms(rows: list[dict]) -> dict:
                 for j, value in enumerate(turns[: table["num_tool_turns"][b]]):
                     if value is not None:
                         per_turn[(rung, key)][j + 1].append(value)
+    for rung in ("igpo", "a2tgpo"):  # turn groups without IG spread: every member gets Î_t = 0 exactly
+        values = per_turn.get((rung, "ig_norm"), {})
+        flat = [v for turn in values.values() for v in turn]
+        if flat:
+            out.setdefault("zero_ig", {})[rung] = {"process_turns": len(flat), "zero": sum(v == 0 for v in flat)}
     for (rung, key), turns in per_turn.items():
         out["fig4"].setdefault(rung, {})[key] = {
             str(t): {"mean": float(np.mean(v)), "sd": float(np.std(v)), "n": len(v)} for t, v in sorted(turns.items())}
