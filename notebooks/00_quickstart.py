@@ -18,8 +18,8 @@
 # - where each piece of the algorithm is explained (notebooks 01 → 08).
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
-# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting about 2 minutes (the
-# 40-step run with its two evaluations took 104 s of CPU), smoke setting 15 s.*
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting about 3 minutes (the
+# same 40-step run with its two evaluations, through `a2tgpo-lab train`, took 162 s of CPU), smoke setting 15 s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one
@@ -144,9 +144,9 @@ thread = trainer.train_in_background()
 # %% [markdown]
 # **Reading the report.** In the smoke setting (3 steps of 16 rollouts, 16 questions) nothing can be read
 # from its numbers. With `SMOKE = False` (40 steps of 64 rollouts, 300 dev questions) one run measured on
-# the 2-core CPU went from exact match 0.33 to 0.53; on the 2-hop *chain* questions from 0.02 to 0.75, as
-# the agent learned to make the second search instead of guessing after the first (searches per question
-# 1.21 → 1.70). Look at more than the overall number: the report holds the exact
+# the 2-core CPU went from exact match 0.34 to 0.86; on the 2-hop *chain* questions from 0.02 to 0.85 and
+# on the two-part questions from 0.00 to 0.88, as the agent learned to make the searches it used to skip
+# (searches per question 1.15 → 1.84). Look at more than the overall number: the report holds the exact
 # match on the 2-hop *chain* questions, the searches per question and the format error rate. A single run is
 # one sample: notebook 06 shows how to compare methods honestly (several seeds, and the noise of an exact
 # match on a few hundred questions).
