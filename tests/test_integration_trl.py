@@ -17,14 +17,16 @@ def test_two_trl_steps_train_with_per_turn_advantages(tmp_path):
     from a2tgpo_lab.models import load_model_and_tokenizer
 
     torch.manual_seed(0)
-    cfg = preset("a2tgpo", num_generations=4)
+    cfg = preset("a2tgpo", num_generations=4, temperature=1.5)
     model, tokenizer = load_model_and_tokenizer(cfg)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    # 2-hop questions: the warm-started model searches, reads, and often searches again
-    examples = [e for e in load_split("train") if e.hops == 2][:4]
+    # namesake questions: the warm-started model searches, reads, often searches again, and its first searches
+    # differ (careful or lazy), so turn groups have IG spread (identical searches would all get Î = 0)
+    examples = [e for e in load_split("train") if e.qtype == "namesake"][:8]
+    # T = 1.5 and 4 prompts a batch: enough spread in the first searches that some turn group has IG spread
     args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=2, learning_rate=1e-3,
-                      per_device_train_batch_size=8, num_generations=4, num_iterations=2, logging_steps=1,
-                      save_strategy="no", temperature=1.0, seed=0)
+                      per_device_train_batch_size=16, num_generations=4, num_iterations=2, logging_steps=1,
+                      save_strategy="no", temperature=1.5, seed=0)
     trainer = A2TGPOGRPOTrainer(model=model, args=args, train_dataset=qa_dataset(examples),
                                 processing_class=tokenizer, a2tgpo_config=cfg)
     seen = []
