@@ -184,8 +184,8 @@ class _CachedBatch:
             real[i, : len(chunk)] = 1
         return ids, real
 
-    def feed(self, chunks: list[list[int]],
-             probes: Optional[list["_ProbeTokens"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def feed(self, chunks: list[list[int]], probes: Optional[list["_ProbeTokens"]] = None,
+             keys: Optional[list] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Append ``chunks[i]`` (possibly empty) to cache row i; return next-token logits [N, V] and,
         given ``probes``, ℓ of each row's IG probe read right after its chunk ([N] float32 on the CPU):
 
@@ -200,6 +200,9 @@ class _CachedBatch:
         row's context through the cache and its chunk, the chunk's padding being a hole. Logits are
         projected only at the chunk's last token and where a gold token is predicted, and the probe
         block is cropped off the cache afterwards, so the rollout continues as if it was never there.
+        Rows with equal ``keys`` (the same history and probe) all take the first one's score: a batched
+        forward need not round every row alike, and a turn group of identical searches must have exactly
+        zero IG spread, not rounding noise that the z-score would blow up.
         """
         ids, real = self._right_padded(chunks)
         width = ids.shape[1]
@@ -237,7 +240,11 @@ class _CachedBatch:
                                           self.temperature).logprobs.cpu()
             gold_len = torch.tensor([p.gold_len for p in probes], dtype=torch.float32)
             summed = torch.zeros(len(probes)).index_add_(0, predicts_gold.nonzero()[:, 0], scores.float())
-            return out.logits[is_next], summed / gold_len
+            scores = summed / gold_len
+            if keys is not None:
+                firsts, copy_of = distinct_rows(keys)
+                scores = scores[firsts][copy_of]
+            return out.logits[is_next], scores
 
 
 @dataclass
@@ -545,7 +552,8 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
         if reencode:
             logits, scores = batch.start(live, [rollouts[i].ids for i in live], turn_probes)
         else:
-            logits, scores = batch.feed([pending[i] for i in live], turn_probes)
+            keys = [(tuple(rollouts[i].ids), probes[i]) for i in live] if probes else None
+            logits, scores = batch.feed([pending[i] for i in live], turn_probes, keys)
         if probes:
             probe_scores[live, turn] = scores
     if batch.retired is None:

@@ -1,5 +1,6 @@
 """Shared fixtures and checks. ``worked_example``: the batch of ALGORITHM.md §9 (one prompt, G = 3, T = 4);
-``assert_same_training``: what "a resumed run equals the uninterrupted one" means in float32."""
+``assert_same_training``: what "a resumed run equals the uninterrupted one" means in float32;
+``python_sigint_handler``: Ctrl-C is Python's KeyboardInterrupt in every test."""
 from __future__ import annotations
 
 import math
@@ -26,14 +27,33 @@ def worked_example():
                            max_turns=4)
 
 
-def assert_same_training(expected, actual, learning_rate):
+def assert_same_training(expected, actual, learning_rate, optimizer_steps):
     """Weights of a resumed run equal the uninterrupted run's, up to rounding that Adam amplifies.
 
     Not bit-exact: BLAS reduction order can differ between two runs in one process (it follows memory
-    alignment on some CPUs), and Adam turns that rounding into up to ~1% of a learning-rate step on weights
-    whose gradient is below its eps (rare-token embedding rows): measured 10-30 of 1.1M weights, by up to
-    ~1.2e-5 at lr 1e-3. A resume that loses the optimizer state moves ~all weights, by up to ~7·lr."""
+    alignment on some CPUs). On a weight whose gradient is itself rounding noise (a difference of nearly
+    equal terms, or below Adam's eps) Adam turns that noise into up to a whole learning-rate step per
+    optimizer step: measured once at 1.0·lr on a few weights after two resumed steps, while the mean gap
+    stays ~1e-7. A resume that loses the optimizer state moves ~all weights, by up to ~7·lr. So: no weight
+    further apart than the ``optimizer_steps`` taken after the resume could move it, and a mean gap far
+    below one step."""
     gap = (expected - actual).abs()
-    assert gap.max() < 0.1 * learning_rate, f"resumed weights differ by up to {gap.max():.2e}"
-    moved = int((gap > 1e-6).sum())
-    assert moved < 1e-3 * gap.numel(), f"{moved} of {gap.numel()} resumed weights differ by > 1e-6"
+    assert gap.max() < (optimizer_steps + 0.5) * learning_rate, f"resumed weights differ by up to {gap.max():.2e}"
+    assert gap.mean() < 0.01 * learning_rate, f"resumed weights differ by {gap.mean():.2e} on average"
+
+
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Ctrl-C raises KeyboardInterrupt in every test, however pytest was started: a shell starts a
+    background job with SIGINT ignored, and Python then keeps it ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
