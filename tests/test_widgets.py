@@ -81,7 +81,9 @@ def test_clip_explorer_ratio_presets():
 
 def test_clip_explorer_loads_a_record(record):
     explorer = ClipExplorer()
+    assert "load_record" in explorer.readout.value and explorer.record_menus.layout.display == "none"
     explorer.load_record(record)
+    assert "load_record" not in explorer.readout.value and explorer.record_menus.layout.display == "flex"
     assert explorer.beta.value == pytest.approx(record.config["clip_beta"])
     assert explorer.eps_low.value == pytest.approx(record.config["epsilon"])
     assert [value for _, value in explorer.rollout.options] == list(range(len(record.questions)))

@@ -136,6 +136,9 @@ class ClipExplorer(StaticFallback):
                  f"for {flat}"]
         if self.record is not None and self.turn.value is not None:
             lines.append(self._record_line())
+        elif self.record is None:  # the rollout / turn menus stay hidden until there is a step to pick from
+            lines.append("<i>explorer.load_record(trainer.records[-1]) puts a real step here: pick a rollout "
+                         "and turn, and see its token ratios against the band</i>")
         self.readout.value = "<br>".join(lines)
 
     def _record_line(self) -> str:
