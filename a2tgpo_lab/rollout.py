@@ -205,46 +205,50 @@ class _CachedBatch:
         zero IG spread, not rounding noise that the z-score would blow up.
         """
         ids, real = self._right_padded(chunks)
+        ids, real = ids.to(self.device), real.to(self.device)
         width = ids.shape[1]
-        rows = torch.arange(len(chunks))
-        positions = self.next_position.cpu()[:, None] + torch.arange(width)[None, :]
-        keep = torch.zeros(ids.shape, dtype=torch.bool)
-        keep[rows, (real.sum(dim=1) - 1).clamp(min=0)] = True                  # each row's last real token
-        block_ids, block_real, block_positions, block_keep = [ids], [real], [positions], [keep]
-        if probes:
-            with self.timer("ig_forward"):
-                probe_ids, probe_real = self._right_padded([list(p.tokens) for p in probes])
-                predicts_gold = torch.zeros(probe_ids.shape, dtype=torch.bool)
-                for i, p in enumerate(probes):
-                    predicts_gold[i, len(p.tokens) - p.gold_len - 1: len(p.tokens) - 1] = True
-                targets = torch.cat([probe_ids[:, 1:], probe_ids[:, :1]], dim=1)[predicts_gold]
-                block_ids.append(probe_ids)
-                block_real.append(probe_real)
-                block_positions.append(positions[:, :1] + real.sum(dim=1, keepdim=True)
-                                       + torch.arange(probe_ids.shape[1])[None, :])
-                block_keep.append(predicts_gold)
-        keep = torch.cat(block_keep, dim=1).to(self.device)
-        out = self.model(input_ids=torch.cat(block_ids, dim=1).to(self.device),
-                         attention_mask=torch.cat([self.mask] + [b.to(self.device) for b in block_real], dim=1),
-                         position_ids=torch.cat(block_positions, dim=1).to(self.device),
-                         cache=self.cache, use_cache=True, logits_to_keep=keep)
-        self.cache, real = out.cache, real.to(self.device)
-        self.mask = torch.cat([self.mask, real], dim=1)                        # [N, S + M]
-        self.next_position = self.next_position + real.sum(dim=1)
-        is_next = keep.nonzero()[:, 1] < width                                  # kept logits, row-major
-        if not probes:
-            return out.logits[is_next], None
+        positions = self.next_position[:, None] + torch.arange(width, device=self.device)[None, :]
+        last_real = (real.sum(dim=1) - 1).clamp(min=0)                         # [N]
+        mask = torch.cat([self.mask, real], dim=1)                             # [N, S + M]
+        if not probes:  # a decode step: the one logit per row, by index
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache,
+                             use_cache=True, logits_to_keep=last_real[:, None])
+            self._advance(out.cache, mask, real)
+            return out.logits[:, 0, :], None
         with self.timer("ig_forward"):
-            self.cache.crop(-probe_ids.shape[1])                               # the context is back as it was
-            scores = logprobs_from_logits(out.logits[~is_next], targets.to(self.device),
-                                          self.temperature).logprobs.cpu()
-            gold_len = torch.tensor([p.gold_len for p in probes], dtype=torch.float32)
-            summed = torch.zeros(len(probes)).index_add_(0, predicts_gold.nonzero()[:, 0], scores.float())
-            scores = summed / gold_len
+            probe_ids, probe_real = (t.to(self.device) for t in self._right_padded([list(p.tokens) for p in probes]))
+            predicts_gold = torch.zeros(probe_ids.shape, dtype=torch.bool)
+            for i, p in enumerate(probes):
+                predicts_gold[i, len(p.tokens) - p.gold_len - 1: len(p.tokens) - 1] = True
+            predicts_gold = predicts_gold.to(self.device)
+            targets = torch.cat([probe_ids[:, 1:], probe_ids[:, :1]], dim=1)[predicts_gold]
+            probe_positions = positions[:, :1] + real.sum(dim=1, keepdim=True) + torch.arange(
+                probe_ids.shape[1], device=self.device)[None, :]
+            keep = torch.cat([torch.nn.functional.one_hot(last_real, width).bool(), predicts_gold], dim=1)
+            # kept logits are row-major: row i's chunk logit, then its gold_len probe logits
+            gold_len = torch.tensor([p.gold_len for p in probes])
+            next_at = torch.cumsum(gold_len + 1, dim=0) - gold_len - 1
+        out = self.model(input_ids=torch.cat([ids, probe_ids], dim=1),
+                         attention_mask=torch.cat([mask, probe_real], dim=1),
+                         position_ids=torch.cat([positions, probe_positions], dim=1),
+                         cache=self.cache, use_cache=True, logits_to_keep=keep)
+        with self.timer("ig_forward"):
+            out.cache.crop(-probe_ids.shape[1])                                # the context is back as it was
+            is_probe = torch.ones(len(out.logits), dtype=torch.bool)
+            is_probe[next_at] = False
+            scored = logprobs_from_logits(out.logits[is_probe.to(self.device)], targets, self.temperature).logprobs
+            rows = torch.repeat_interleave(torch.arange(len(probes)), gold_len)
+            scores = torch.zeros(len(probes)).index_add_(0, rows, scored.float().cpu()) / gold_len
             if keys is not None:
                 firsts, copy_of = distinct_rows(keys)
                 scores = scores[firsts][copy_of]
-            return out.logits[is_next], scores
+        self._advance(out.cache, mask, real)
+        return out.logits[next_at.to(self.device)], scores
+
+    def _advance(self, cache, mask: torch.Tensor, real: torch.Tensor) -> None:
+        """The chunk (``real`` [N, M], its columns appended to ``mask``) is now in ``cache``."""
+        self.cache, self.mask = cache, mask
+        self.next_position = self.next_position + real.sum(dim=1)
 
 
 @dataclass

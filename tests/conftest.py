@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -46,9 +48,6 @@ def assert_same_training(expected, actual, learning_rate, optimizer_steps):
 def python_sigint_handler():
     """Ctrl-C raises KeyboardInterrupt in every test, however pytest was started: a shell starts a
     background job with SIGINT ignored, and Python then keeps it ignored."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
