@@ -188,7 +188,7 @@ class A2TGPOConfig:
 
     Speed and memory (none of these changes what is computed, up to floating-point rounding)
     ------------------------------------------------------------------------------------------
-    micro_batch_tokens: token budget of one PPO micro-batch (default 2048): each mini-batch's rows are
+    micro_batch_tokens: token budget of one PPO micro-batch (default 4096): each mini-batch's rows are
         sorted by length and packed into micro-batches of at most this many padded tokens (rows ×
         their longest row), each padded only to its own longest row; the gradient is accumulated
         weighted by each micro-batch's share of the loss's units, so it equals one big batch. Lower
@@ -211,6 +211,11 @@ class A2TGPOConfig:
     share_prompt_prefix: the PPO, reference and recomputed π_old forwards encode each prompt once per
         micro-batch and copy its KV cache to the prompt's G rollouts, instead of encoding it G times
         (default True; the gradient is the same). Not combined with ``gradient_checkpointing``.
+    bucket_cost_tokens: with ``share_prompt_prefix``, each micro-batch's rollouts (after the shared
+        prompt) run in length buckets, one forward each, instead of all padded to the longest: the
+        split that minimises padded tokens + this many tokens per forward (the fixed cost of one more
+        forward and backward, in tokens; default 64, measured on the quickstart, see
+        docs/benchmarks.md). None = one forward per micro-batch.
     use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA via peft.
     load_in_4bit: NF4 weights via bitsandbytes (bf16 compute on GPU, fp32 on CPU).
     gradient_checkpointing, bf16, device ("auto", "cpu", "cuda").
@@ -285,12 +290,13 @@ class A2TGPOConfig:
     num_iterations: int = 1
     num_mini_batches: int = 4
     gradient_accumulation_steps: int = 1
-    micro_batch_tokens: Optional[int] = 2048
+    micro_batch_tokens: Optional[int] = 4096
     old_logprobs: str = "sampler"
     probe_while_sampling: bool = True
     probe_reuse_cache: bool = True
     scored_logits_only: bool = True
     share_prompt_prefix: bool = True
+    bucket_cost_tokens: Optional[int] = 64
     use_peft: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -367,6 +373,9 @@ class A2TGPOConfig:
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ConfigError(f"A2TGPOConfig.micro_batch_tokens={self.micro_batch_tokens!r} must be a positive "
                               "integer (tokens per PPO micro-batch) or None.")
+        if self.bucket_cost_tokens is not None and self.bucket_cost_tokens < 0:
+            raise ConfigError(f"A2TGPOConfig.bucket_cost_tokens={self.bucket_cost_tokens!r} must be >= 0 (tokens "
+                              "one more forward is worth) or None (no length buckets).")
         if not isinstance(self.max_steps, int) or self.max_steps < 0:
             raise ConfigError(f"A2TGPOConfig.max_steps={self.max_steps!r} must be an integer >= 0.")
         if self.collapse_patience < 0:

@@ -19,7 +19,8 @@ the same as scoring everything and reading those positions.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import copy
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 
@@ -57,7 +58,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    chunk: Optional[int] = None, return_entropy: bool = False,
                    position_ids: Optional[torch.Tensor] = None,
                    score_mask: Optional[torch.Tensor] = None,
-                   shared_prefix: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> TokenLogprobs:
+                   shared_prefix: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                   bucket_cost: Optional[int] = None) -> TokenLogprobs:
     """Log-probability of every token given its prefix, aligned with ``input_ids`` (equations above).
 
     Args:
@@ -77,6 +79,9 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             ``lengths[b]`` tokens (the G rollouts of a prompt share the prompt), so that prefix is
             encoded once per group (:func:`_shared_prefix_forward`); only tokens predicted from after
             the prefix are scored (position l > lengths[b]: pass lengths one short of the shared part).
+        bucket_cost: with ``shared_prefix``, run the rows' tokens after the prefix in length buckets
+            (:func:`length_buckets`), one forward each, where one more forward is worth this many
+            padded tokens; None = one forward padded to the longest row.
 
     Returns:
         ``TokenLogprobs(logprobs [B, L] float32, entropy [B, L] float32 or None)``. Position 0, padding,
@@ -103,7 +108,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         lengths, groups = shared_prefix
         predicts &= torch.arange(predicts.shape[1], device=predicts.device)[None, :] >= lengths[:, None]
         logits = _shared_prefix_forward(model, input_ids, attention_mask, lengths, groups, predicts,
-                                        every_position=score_mask is None)
+                                        every_position=score_mask is None, bucket_cost=bucket_cost)
         scored = logprobs_from_logits(logits, next_ids[predicts], temperature, return_entropy)
         return TokenLogprobs(_scatter_shifted(scored.logprobs, predicts),
                              _scatter_shifted(scored.entropy, predicts) if return_entropy else None)
@@ -143,8 +148,43 @@ def distinct_rows(keys) -> tuple[list[int], torch.Tensor]:
     return firsts, torch.tensor(copy_of, dtype=torch.long)
 
 
+def length_buckets(lengths: Sequence[int], pass_cost: float) -> list[list[int]]:
+    """Rows split into buckets, each run as one forward padded to its longest row: the split that
+    minimises the padded tokens plus ``pass_cost`` tokens' worth of work per forward,
+
+        cost = Σ_buckets ( |bucket| · max_{b ∈ bucket} lengths[b]  +  pass_cost )
+
+    found exactly by dynamic programming over the rows sorted by length, longest first (an optimal
+    bucket is always a run of that order: a short row in a long bucket pads as much wherever it sits).
+    Returns each bucket's row indices, longest rows first; together they cover every row once.
+    """
+    order = sorted(range(len(lengths)), key=lambda row: -lengths[row])   # stable: ties keep row order
+    best = [0.0] + [float("inf")] * len(order)    # best[j]: cost of the first j rows of `order`
+    start = [0] * (len(order) + 1)                # where the last bucket of that split begins
+    for j in range(1, len(order) + 1):
+        for i in range(j):                         # the last bucket is order[i:j], padded to order[i]
+            cost = best[i] + (j - i) * lengths[order[i]] + pass_cost
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    buckets, j = [], len(order)
+    while j > 0:
+        buckets.append(order[start[j]:j])
+        j = start[j]
+    return buckets[::-1]
+
+
+def _select_rows(cache, index: torch.Tensor):
+    """A cache holding rows ``index`` of ``cache``, which is left as it was (selecting rebinds each
+    layer's tensors, so shallow copies of the layers are enough; autograd sums the copies' gradients)."""
+    selected = copy.copy(cache)
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(index)
+    return selected
+
+
 def _shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor,
-                           groups: torch.Tensor, predicts: torch.Tensor, every_position: bool) -> torch.Tensor:
+                           groups: torch.Tensor, predicts: torch.Tensor, every_position: bool,
+                           bucket_cost: Optional[int] = None) -> torch.Tensor:
     """Logits [N, V] at the True positions of ``predicts`` (row-major), encoding each group's prefix once.
 
     pass 0: the head every group's prefix shares (the system prompt), once, its KV copied to each group;
@@ -152,7 +192,8 @@ def _shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch
     copy:   each row takes its group's cache row (under autograd the copies sum the rows' gradients
             back into the one prefix, so the gradient is the same as encoding it in every row);
     pass 2: every row's remaining tokens after the cache, at positions ``lengths[b]``, ``lengths[b] + 1`` …;
-            the prefix padding is a hole that attention masks out.
+            the prefix padding is a hole that attention masks out. With ``bucket_cost`` the rows go
+            in length buckets (:func:`length_buckets`), so a short rollout is not padded to the longest.
     Exact up to floating-point rounding; ``predicts`` must not select positions inside the prefix.
     With ``every_position`` the lm_head runs at every position of pass 2 and the needed ones are read.
     """
@@ -182,19 +223,31 @@ def _shared_prefix_forward(model, input_ids: torch.Tensor, attention_mask: torch
     cache = model(input_ids=leader_ids[:, head:], attention_mask=prefix_mask,
                   position_ids=positions_from_mask(prefix_mask)[:, head:], cache=cache, use_cache=True,
                   logits_to_keep=1).cache
-    cache.batch_select_indices(copy_of)
 
-    real_lengths = attention_mask.sum(dim=1)
-    rest = int((real_lengths - lengths).max())
-    offsets = torch.arange(rest, device=device)
-    take = (lengths[:, None] + offsets[None, :]).clamp(max=input_ids.shape[1] - 1)  # [B, R] source columns
-    rest_mask = (lengths[:, None] + offsets[None, :] < real_lengths[:, None]).long()
-    keep = torch.gather(predicts, 1, take) & rest_mask.bool()
-    logits = model(input_ids=torch.gather(input_ids, 1, take),
-                   attention_mask=torch.cat([prefix_mask[copy_of], rest_mask], dim=1),
-                   position_ids=lengths[:, None] + offsets[None, :], cache=cache, use_cache=True,
-                   logits_to_keep=0 if every_position else keep).logits
-    return logits[keep] if every_position else logits
+    rest_lengths = attention_mask.sum(dim=1) - lengths                            # [B] tokens after the prefix
+    buckets = (length_buckets(rest_lengths.tolist(), bucket_cost) if bucket_cost is not None
+               else [list(range(len(input_ids)))])
+    pieces = []
+    for bucket in buckets:
+        rows = torch.tensor(bucket, device=device)
+        rest = int(rest_lengths[rows].max())
+        offsets = torch.arange(rest, device=device)
+        take = (lengths[rows, None] + offsets[None, :]).clamp(max=input_ids.shape[1] - 1)  # [b, R] source columns
+        rest_mask = (offsets[None, :] < rest_lengths[rows, None]).long()
+        keep = torch.gather(predicts[rows], 1, take) & rest_mask.bool()
+        logits = model(input_ids=torch.gather(input_ids[rows], 1, take),
+                       attention_mask=torch.cat([prefix_mask[copy_of[rows]], rest_mask], dim=1),
+                       position_ids=lengths[rows, None] + offsets[None, :],
+                       cache=_select_rows(cache, copy_of[rows]), use_cache=True,
+                       logits_to_keep=0 if every_position else keep).logits
+        pieces.append(logits[keep] if every_position else logits)
+    if len(buckets) == 1 and buckets[0] == sorted(buckets[0]):
+        return pieces[0]
+    # back to row-major order: the rows' scored positions, bucket by bucket, then sorted by row
+    counts = predicts.sum(dim=1)
+    first = torch.cumsum(counts, dim=0) - counts                                     # row b's first output
+    source = torch.cat([first[b] + torch.arange(int(counts[b]), device=device) for bucket in buckets for b in bucket])
+    return torch.cat(pieces)[torch.argsort(source)]
 
 
 def _scatter_shifted(values: torch.Tensor, predicts: torch.Tensor) -> torch.Tensor:

@@ -270,7 +270,7 @@ class A2TGPOTrainer:
                     want_entropy = cfg.entropy_coeff > 0
                     logprobs, entropy = token_logprobs(model, ids, attn, temperature=cfg.temperature,
                                                        return_entropy=want_entropy, score_mask=scored,
-                                                       shared_prefix=shared)
+                                                       shared_prefix=shared, bucket_cost=cfg.bucket_cost_tokens)
                     ref = self._reference_logprobs(ids, attn, scored, shared) if cfg.beta > 0 else None
                     loss, out = policy_loss(
                         logprobs, traj.old_logprobs[rows, :width], token_adv[rows, :width],
@@ -340,7 +340,8 @@ class A2TGPOTrainer:
         from .logprobs import token_logprobs
         from .models import disabled_adapters
 
-        how = dict(temperature=self.cfg.temperature, score_mask=score_mask, shared_prefix=shared_prefix)
+        how = dict(temperature=self.cfg.temperature, score_mask=score_mask, shared_prefix=shared_prefix,
+                   bucket_cost=self.cfg.bucket_cost_tokens)
         with torch.no_grad():
             if self.reference_model is not None:
                 return token_logprobs(self.reference_model, ids, attn, **how).logprobs

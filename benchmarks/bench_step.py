@@ -59,6 +59,7 @@ KNOBS = {  # one optimization, and the value that switches it off
     "scored logits only": ("scored_logits_only", False),
     "token-budget micro-batches": ("micro_batch_tokens", None),
     "shared prompt prefix": ("share_prompt_prefix", False),
+    "length buckets": ("bucket_cost_tokens", None),
 }
 ALL_OFF = dict(KNOBS.values())
 

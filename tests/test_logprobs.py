@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from a2tgpo_lab.logprobs import logprobs_from_logits, positions_from_mask, token_budget_batches, token_logprobs
+from a2tgpo_lab.logprobs import (length_buckets, logprobs_from_logits, positions_from_mask, token_budget_batches,
+                                 token_logprobs)
 from a2tgpo_lab.tiny import build_tiny_qwen, build_word_tokenizer
 
 
@@ -159,11 +160,13 @@ def grouped_rows(vocab: int, seed=0, head: int = 0):
     return ids, mask, torch.tensor(lengths), torch.tensor(groups)
 
 
+@pytest.mark.parametrize("bucket_cost", [None, 0, 2])
 @pytest.mark.parametrize("head", [0, 3])
 @pytest.mark.parametrize("scored_only", [True, False])
-def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only, head, monkeypatch):
+def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only, head, bucket_cost, monkeypatch):
     """Encoding each group's prefix once (its KV copied to the group's rows), and a head all groups share
-    once more, changes neither the scores of the tokens after it nor the gradient."""
+    once more, changes neither the scores of the tokens after it nor the gradient; nor does running the
+    rows after the prefix in length buckets (whose outputs go back to row order)."""
     ids, mask, lengths, groups = grouped_rows(model.config.vocab_size, head=head)
     passes = []
     forward = type(model).forward
@@ -174,7 +177,7 @@ def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only, 
     for name, shared in (("plain", None), ("shared", (lengths, groups))):
         model.zero_grad(set_to_none=True)
         out = token_logprobs(model, ids, mask, temperature=0.7, return_entropy=True, score_mask=score,
-                             shared_prefix=shared)
+                             shared_prefix=shared, bucket_cost=bucket_cost)
         (out.logprobs * after).sum().backward()
         results[name] = (out, torch.cat([p.grad.flatten() for p in model.parameters()]))
     model.zero_grad(set_to_none=True)
@@ -184,9 +187,26 @@ def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only, 
     assert (shared.logprobs[~after] == 0).all()
     torch.testing.assert_close(shared_grad, plain_grad, rtol=1e-4, atol=1e-5)
     assert plain_grad.abs().max() > 1e-3
-    # plain: one pass; shared: [pass 0 over the head (1 row),] pass 1 (one row per group), pass 2 (every row)
-    rest = int((mask.sum(dim=1) - lengths).max())
-    assert passes[1:] == ([(1, head)] if head else []) + [(2, 6 - head), (5, rest)]
+    # plain: one pass; shared: [pass 0 over the head (1 row),] pass 1 (one row per group), pass 2 (every row,
+    # or one pass per length bucket: the rows' tokens after the prefix number 3, 5, 2, 4, 6)
+    rest = mask.sum(dim=1) - lengths
+    buckets = [[(len(rows), int(rest[rows].max())) for rows in length_buckets(rest.tolist(), bucket_cost)]
+               if bucket_cost is not None else [(5, int(rest.max()))]][0]
+    assert passes[1:] == ([(1, head)] if head else []) + [(2, 6 - head)] + buckets
+    assert len(buckets) == {None: 1, 0: 5, 2: 2}[bucket_cost]  # cost 2: rows {4, 1} then {3, 0, 2}
+
+
+def test_length_buckets_minimise_padding_plus_a_cost_per_pass():
+    """Hand-computed: lengths 10, 9, 2, 1 (rows 0-3, given in the order 9, 1, 10, 2).
+    cost 0: no padding, a bucket per row (36 tokens, +0). cost 5: {10, 9} {2, 1}: 20 + 4 + 2·5 = 34,
+    against one bucket 40 + 5 = 45, or {10} {9} {2, 1}: 10 + 9 + 4 + 15 = 38. cost 50: one bucket."""
+    lengths = [9, 1, 10, 2]
+    assert length_buckets(lengths, 0) == [[2], [0], [3], [1]]
+    assert length_buckets(lengths, 5) == [[2, 0], [3, 1]]
+    assert length_buckets(lengths, 50) == [[2, 0, 3, 1]]
+    assert length_buckets([], 5) == []
+    for cost in (0, 3, 7, 100):  # every row exactly once
+        assert sorted(row for bucket in length_buckets(lengths * 3, cost) for row in bucket) == list(range(12))
 
 
 def test_shared_prefix_that_differs_is_a_clear_error(model):
