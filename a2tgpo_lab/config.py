@@ -216,6 +216,10 @@ class A2TGPOConfig:
         split that minimises padded tokens + this many tokens per forward (the fixed cost of one more
         forward and backward, in tokens; default 64, measured on the quickstart, see
         docs/benchmarks.md). None = one forward per micro-batch.
+    park_finished_rows: while sampling a turn, the rollouts that have finished it leave the decode
+        batch once they are at least this fraction of it (default 0.3), and re-join it, their cache
+        untouched, when the turn's observations are fed; a decode step then computes only rows still
+        generating. None = every row rides along until the turn's longest row ends.
     use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA via peft.
     load_in_4bit: NF4 weights via bitsandbytes (bf16 compute on GPU, fp32 on CPU).
     gradient_checkpointing, bf16, device ("auto", "cpu", "cuda").
@@ -297,6 +301,7 @@ class A2TGPOConfig:
     scored_logits_only: bool = True
     share_prompt_prefix: bool = True
     bucket_cost_tokens: Optional[int] = 64
+    park_finished_rows: Optional[float] = 0.3
     use_peft: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -373,6 +378,9 @@ class A2TGPOConfig:
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
             raise ConfigError(f"A2TGPOConfig.micro_batch_tokens={self.micro_batch_tokens!r} must be a positive "
                               "integer (tokens per PPO micro-batch) or None.")
+        if self.park_finished_rows is not None and not 0 < self.park_finished_rows <= 1:
+            raise ConfigError(f"A2TGPOConfig.park_finished_rows={self.park_finished_rows!r} must be in (0, 1] (the "
+                              "share of the decode batch that has finished its turn) or None (never park).")
         if self.bucket_cost_tokens is not None and self.bucket_cost_tokens < 0:
             raise ConfigError(f"A2TGPOConfig.bucket_cost_tokens={self.bucket_cost_tokens!r} must be >= 0 (tokens "
                               "one more forward is worth) or None (no length buckets).")

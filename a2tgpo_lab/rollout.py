@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .chat import ObservationTemplate, encode, observation_template, probe_suffix, prompt_ids, prompt_options
 from .config import A2TGPOConfig
@@ -121,6 +122,8 @@ class _CachedBatch:
         # with keep_kv: (rollouts, their real-token counts, per-layer keys, per-layer values) of each retired group
         self.retired: Optional[list[tuple[list[int], torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]] = (
             [] if keep_kv else None)
+        # (rollouts, per-layer (keys, values), mask, next positions) of each group of parked rows
+        self.parked: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]] = []
 
     def start(self, rows: list[int], chunks: list[list[int]],
               probes: Optional[list["_ProbeTokens"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -148,13 +151,46 @@ class _CachedBatch:
         With ``keep_kv`` the dropped rows are first retired: their keys / values, holes removed."""
         if rows == self.rows:
             return
-        where = {row: i for i, row in enumerate(self.rows)}
         if self.retired is not None:
             kept = set(rows)
             self.retire([row for row in self.rows if row not in kept])
+        self._select(rows)
+
+    def _select(self, rows: list[int]) -> torch.Tensor:
+        """Keep only the cache rows of rollouts ``rows``, in that order; return their old row indices."""
+        where = {row: i for i, row in enumerate(self.rows)}
         index = torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
         self.cache.batch_select_indices(index)
         self.mask, self.next_position, self.rows = self.mask[index], self.next_position[index], list(rows)
+        return index
+
+    def park(self, rows: list[int]) -> torch.Tensor:
+        """Set rollouts ``rows`` aside until :meth:`unpark`: they have finished the turn, and a decode step
+        would still spend a row of its batch on each. Returns which of the current rows remain (to
+        select their logits). Their keys, values, mask and positions wait unchanged in ``parked``."""
+        where = {row: i for i, row in enumerate(self.rows)}
+        index = torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
+        self.parked.append((list(rows), [(layer.keys[index], layer.values[index]) for layer in self.cache.layers],
+                            self.mask[index], self.next_position[index]))
+        parked = set(rows)
+        return self._select([row for row in self.rows if row not in parked])
+
+    def unpark(self) -> None:
+        """Bring the parked rows back, after the others: the columns the others added meanwhile are holes
+        in them (mask 0), which attention skips, so their next tokens see exactly their own history."""
+        if not self.parked:
+            return
+        width = self.mask.shape[1]
+        for layer_index, layer in enumerate(self.cache.layers):
+            keys = [layer.keys] + [F.pad(kv[layer_index][0], (0, 0, 0, width - mask.shape[1]))
+                                   for _, kv, mask, _ in self.parked]
+            values = [layer.values] + [F.pad(kv[layer_index][1], (0, 0, 0, width - mask.shape[1]))
+                                       for _, kv, mask, _ in self.parked]
+            layer.keys, layer.values = torch.cat(keys), torch.cat(values)
+        self.mask = torch.cat([self.mask] + [F.pad(mask, (0, width - mask.shape[1])) for _, _, mask, _ in self.parked])
+        self.next_position = torch.cat([self.next_position] + [positions for *_, positions in self.parked])
+        self.rows = self.rows + [row for rows, *_ in self.parked for row in rows]
+        self.parked = []
 
     def retire(self, rows: list[int]) -> None:
         """Keep the cache of rollouts ``rows`` with the holes removed: each row's real columns moved to the
@@ -478,10 +514,13 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
     """Advance every rollout turn by turn until all have ended (fills the rollouts in place); return the
     compacted cache when ``keep_kv`` and the probe scores [B, T+1] when ``probes`` (each when the model's
     cache supports it: every past token kept, so it can be cropped and compacted)."""
-    if not _supports_kv_prefix(_new_cache(model)):
+    full_attention = _supports_kv_prefix(_new_cache(model))
+    if not full_attention:
         # a sliding-window cache can be neither cropped back nor compacted: the caller probes afterwards
         keep_kv, probes = False, None
     batch = _CachedBatch(model, pad_id, device, keep_kv=keep_kv, temperature=cfg.temperature, timer=timer)
+    # rows that finished their turn leave the decode batch (a sliding-window cache could not re-join them)
+    can_park = cfg.park_finished_rows is not None and full_attention
     live = list(range(len(rollouts)))
     logits, scores = batch.start(live, [rollouts[i].ids for i in live], probes)
     probe_scores = torch.full((len(rollouts), cfg.max_turns + 1), float("nan")) if probes else None
@@ -520,7 +559,11 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
             if not any(generating.values()):
                 break
             logits, _ = batch.feed([pending[i] for i in batch.rows])
-            pending = {i: [] for i in batch.rows}
+            pending = {i: [] for i in pending}
+            done_with_turn = [i for i in batch.rows if not generating[i]]
+            if can_park and done_with_turn and len(done_with_turn) >= cfg.park_finished_rows * len(batch.rows):
+                logits = logits[batch.park(done_with_turn)]
+        batch.unpark()
 
         # ---- act on each finished turn
         for i in live:

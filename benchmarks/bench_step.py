@@ -60,6 +60,7 @@ KNOBS = {  # one optimization, and the value that switches it off
     "token-budget micro-batches": ("micro_batch_tokens", None),
     "shared prompt prefix": ("share_prompt_prefix", False),
     "length buckets": ("bucket_cost_tokens", None),
+    "parked rows": ("park_finished_rows", None),
 }
 ALL_OFF = dict(KNOBS.values())
 

@@ -273,6 +273,44 @@ def test_kv_continuation_equals_reencoding_on_long_free_text(model, tokenizer):
     assert len(set(kv.loss_mask.sum(dim=1).tolist())) >= 3
 
 
+# Always a search, of one to many words: rows end each turn at a different step, and go on to the next.
+LONG_OR_SHORT_SEARCH = {**ALWAYS_SEARCH, **{w: QUERY_WORDS + ["</search>"] for w in QUERY_WORDS}}
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_parked_rows_rejoin_with_the_same_rollouts(model, tokenizer, monkeypatch, seed):
+    """Rows that finished their turn leave the decode batch and re-join it when the observations are fed:
+    the same tokens, old log-probs, probe scores and kept cache as when every row rides along."""
+    from a2tgpo_lab.rollout import _CachedBatch
+
+    parked = []
+    park = _CachedBatch.park
+    monkeypatch.setattr(_CachedBatch, "park", lambda self, rows: (parked.append(len(rows)), park(self, rows))[1])
+    handle = force_next_tokens(model, tokenizer, LONG_OR_SHORT_SEARCH)
+    runs = {}
+    try:
+        for fraction in (None, 0.25):
+            cfg = small_config(num_generations=4, max_turns=3, park_finished_rows=fraction)
+            runs[fraction] = generate_rollouts(model, tokenizer, EXAMPLES, fact_tool, cfg,
+                                               generator=torch.Generator().manual_seed(seed), probe=True, keep_kv=True)
+            assert bool(parked) == (fraction is not None)
+    finally:
+        handle.remove()
+    plain, rejoined = runs[None], runs[0.25]
+    assert torch.equal(rejoined.input_ids, plain.input_ids) and torch.equal(rejoined.context_ends, plain.context_ends)
+    assert rejoined.end_reason == plain.end_reason
+    torch.testing.assert_close(rejoined.old_logprobs, plain.old_logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(rejoined.probe_logprob_mean, plain.probe_logprob_mean, rtol=0, atol=1e-5,
+                               equal_nan=True)
+    assert torch.equal(rejoined.kv_prefix.lengths, plain.kv_prefix.lengths)
+    real = torch.arange(plain.kv_prefix.keys[0].shape[2])[None, :] < plain.kv_prefix.lengths[:, None]  # [B, C]
+    for mine, theirs in zip(rejoined.kv_prefix.keys + rejoined.kv_prefix.values,
+                            plain.kv_prefix.keys + plain.kv_prefix.values):
+        torch.testing.assert_close(mine.transpose(1, 2)[real], theirs.transpose(1, 2)[real], rtol=0, atol=1e-5)
+    # what makes parking matter: rows parked in several turns, and going on after the observations
+    assert len(parked) >= 3 and (plain.num_tool_turns == 2).any()
+
+
 def test_sampling_is_seeded(forced, tokenizer):
     cfg = small_config()
     first = generate_rollouts(forced, tokenizer, EXAMPLES, fact_tool, cfg, generator=torch.Generator().manual_seed(5))
