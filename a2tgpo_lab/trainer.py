@@ -256,7 +256,7 @@ class A2TGPOTrainer:
             order = torch.randperm(B, generator=order_rng)
             for mini in order.chunk(cfg.num_mini_batches):
                 self.optimizer.zero_grad(set_to_none=True)
-                losses = []
+                parts = []  # (metrics, share of the mini-batch's loss units, model tokens) per micro-batch
                 mini_units = self._global_units(aggregation_units(traj.loss_mask[mini.to(self.device)],
                                                                   cfg.loss_agg_mode))
                 for micro in self._micro_batches(traj, mini):
@@ -287,19 +287,18 @@ class A2TGPOTrainer:
                         self.nonfinite_loss_steps += 1
                         continue
                     scaled.backward()
-                    losses.append(loss.item())
+                    parts.append(({"loss": loss.item()} | out.metrics, units / max(mini_units, 1),
+                                  int(loss_mask.sum())))
                     ratio[micro, :width] = out.ratio.detach().float().cpu()
                     clipped[micro, :width] = out.clipped.cpu()
-                    collected.append(out.metrics)
                 params = [p for p in model.parameters() if p.requires_grad]
                 self._sync_gradients(params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                if torch.isfinite(grad_norm) and losses:
+                if torch.isfinite(grad_norm) and parts:
                     self.optimizer.step()
                 else:
                     self.nonfinite_loss_steps += 1
-                collected.append({"loss": float(np.mean(losses)) if losses else float("nan"),
-                                  "grad_norm": float(grad_norm)})
+                collected.append(_mini_batch_metrics(parts) | {"grad_norm": float(grad_norm)})
         self.scheduler.step()
         metrics: dict[str, float] = {}
         for key in {k for m in collected for k in m}:
@@ -632,6 +631,29 @@ def _within_prompt_budget(examples: list[QAExample], tokenizer, cfg: A2TGPOConfi
             raise ConfigError(f"{message}: none is left. Raise max_prompt_length or shorten the questions.")
         warnings.warn(f"{message}; they are left out. Raise max_prompt_length to keep them.", stacklevel=3)
     return kept
+
+
+def _mini_batch_metrics(parts: list[tuple[dict, float, int]]) -> dict[str, float]:
+    """One mini-batch's loss-side metrics from those of its micro-batches ``(metrics, share, tokens)``,
+    so that they do not depend on how its rows were split to save memory: the losses (``loss``,
+    ``pg_loss``, ``kl``, ``entropy``) weighted by each micro-batch's share of the loss's units, as its
+    gradient is; token shares (``clip_ratio/*``) and ``ratio/mean`` weighted by model tokens;
+    ``ratio/min`` / ``ratio/max`` the extremes. A micro-batch skipped as non-finite is left out."""
+    out: dict[str, float] = {}
+    for key in {k for metrics, _, _ in parts for k in metrics}:
+        rows = [(metrics[key], share, tokens) for metrics, share, tokens in parts
+                if key in metrics and metrics[key] is not None and math.isfinite(metrics[key])]
+        if not rows:
+            out[key] = float("nan")
+        elif key == "ratio/min":
+            out[key] = min(value for value, _, _ in rows)
+        elif key == "ratio/max":
+            out[key] = max(value for value, _, _ in rows)
+        elif key.startswith(("clip_ratio/", "ratio/")):
+            out[key] = sum(value * tokens for value, _, tokens in rows) / max(sum(t for _, _, t in rows), 1)
+        else:
+            out[key] = sum(value * share for value, share, _ in rows) / max(sum(s for _, s, _ in rows), 1e-12)
+    return out
 
 
 class _PhaseTimer:

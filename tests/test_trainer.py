@@ -139,9 +139,9 @@ def _gradient_of_one_update(trainer, traj, token_adv, low, high):
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     grads = []
     trainer.optimizer.step = lambda: grads.append(torch.cat([p.grad.flatten().clone() for p in params]))
-    trainer._ppo_update(traj, token_adv, low, high)
+    metrics = trainer._ppo_update(traj, token_adv, low, high)["metrics"]
     assert len(grads) == 1
-    return grads[0]
+    return grads[0], metrics
 
 
 @pytest.mark.parametrize("split", [dict(gradient_accumulation_steps=4), dict(micro_batch_tokens=200),
@@ -156,13 +156,19 @@ def test_gradient_accumulation_matches_one_batch(tmp_path, bundled_world, mode, 
     generator = torch.Generator().manual_seed(1)
     token_adv = torch.randn(traj.loss_mask.shape, generator=generator) * traj.loss_mask
     low, high = torch.full_like(token_adv, 0.8), torch.full_like(token_adv, 1.2)
-    one_batch = _gradient_of_one_update(trainer, traj, token_adv, low, high)
+    # π_old moved off π_θ, so ratios spread past the clip range and the clip shares are not all zero
+    traj.old_logprobs = traj.old_logprobs + 0.3 * torch.randn(traj.loss_mask.shape, generator=generator) * traj.loss_mask
+    one_batch, one_batch_metrics = _gradient_of_one_update(trainer, traj, token_adv, low, high)
     trainer.cfg = cfg.replace(**split)
     assert len(trainer._micro_batches(traj, torch.arange(traj.batch_size))) > 1
-    accumulated = _gradient_of_one_update(trainer, traj, token_adv, low, high)
+    accumulated, accumulated_metrics = _gradient_of_one_update(trainer, traj, token_adv, low, high)
     scale = one_batch.abs().max()
     assert scale > 0
     torch.testing.assert_close(accumulated / scale, one_batch / scale, rtol=0, atol=1e-5)
+    # nor do the logged loss, clip shares and ratio extremes depend on the split
+    assert one_batch_metrics.keys() == accumulated_metrics.keys() and one_batch_metrics["clip_ratio/region_mean"] > 0
+    for key, value in one_batch_metrics.items():
+        assert accumulated_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.parametrize("name, old_logprobs", [("a2tgpo", "sampler"), ("grpo", "recompute")])
@@ -219,9 +225,9 @@ def test_shared_prompt_prefix_keeps_the_gradient(tmp_path, bundled_world):
     traj = _rollouts(trainer)
     token_adv = torch.randn(traj.loss_mask.shape, generator=torch.Generator().manual_seed(1)) * traj.loss_mask
     low, high = torch.full_like(token_adv, 0.8), torch.full_like(token_adv, 1.2)
-    shared = _gradient_of_one_update(trainer, traj, token_adv, low, high)
+    shared, _ = _gradient_of_one_update(trainer, traj, token_adv, low, high)
     trainer.cfg = cfg.replace(share_prompt_prefix=False)
-    separate = _gradient_of_one_update(trainer, traj, token_adv, low, high)
+    separate, _ = _gradient_of_one_update(trainer, traj, token_adv, low, high)
     scale = separate.abs().max()
     assert scale > 0
     torch.testing.assert_close(shared / scale, separate / scale, rtol=0, atol=1e-5)
