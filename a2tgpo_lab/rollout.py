@@ -236,10 +236,16 @@ class _CachedBatch:
         row's context through the cache and its chunk, the chunk's padding being a hole. Logits are
         projected only at the chunk's last token and where a gold token is predicted, and the probe
         block is cropped off the cache afterwards, so the rollout continues as if it was never there.
-        Rows with equal ``keys`` (the same history and probe) all take the first one's score: a batched
-        forward need not round every row alike, and a turn group of identical searches must have exactly
-        zero IG spread, not rounding noise that the z-score would blow up.
+        Rows with equal ``keys`` (the same history, chunk included, and probe) are fed once and their
+        cache rows copied (:meth:`_feed_once_per_key`): the G rollouts of a prompt often make the same
+        searches. It also gives them exactly the same score: a batched forward need not round every row
+        alike, and a turn group of identical searches must have exactly zero IG spread, not rounding
+        noise that the z-score would blow up.
         """
+        if keys is not None:
+            firsts, copy_of = distinct_rows(keys)
+            if len(firsts) < len(chunks):
+                return self._feed_once_per_key(chunks, probes, firsts, copy_of)
         ids, real = self._right_padded(chunks)
         ids, real = ids.to(self.device), real.to(self.device)
         width = ids.shape[1]
@@ -275,11 +281,20 @@ class _CachedBatch:
             scored = logprobs_from_logits(out.logits[is_probe.to(self.device)], targets, self.temperature).logprobs
             rows = torch.repeat_interleave(torch.arange(len(probes)), gold_len)
             scores = torch.zeros(len(probes)).index_add_(0, rows, scored.float().cpu()) / gold_len
-            if keys is not None:
-                firsts, copy_of = distinct_rows(keys)
-                scores = scores[firsts][copy_of]
         self._advance(out.cache, mask, real)
         return out.logits[next_at.to(self.device)], scores
+
+    def _feed_once_per_key(self, chunks: list[list[int]], probes: Optional[list["_ProbeTokens"]],
+                           firsts: list[int], copy_of: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """:meth:`feed` of rows ``firsts`` only, whose cache rows (then mask, positions, logits and scores)
+        are copied to the rows with the same key, row ``i`` taking row ``firsts[copy_of[i]]``'s."""
+        index, copies = torch.tensor(firsts, device=self.device), copy_of.to(self.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.next_position = self.mask[index], self.next_position[index]
+        logits, scores = self.feed([chunks[i] for i in firsts], [probes[i] for i in firsts] if probes else None)
+        self.cache.batch_select_indices(copies)
+        self.mask, self.next_position = self.mask[copies], self.next_position[copies]
+        return logits[copies], scores[copy_of] if scores is not None else None
 
     def _advance(self, cache, mask: torch.Tensor, real: torch.Tensor) -> None:
         """The chunk (``real`` [N, M], its columns appended to ``mask``) is now in ``cache``."""
@@ -599,7 +614,7 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
         if reencode:
             logits, scores = batch.start(live, [rollouts[i].ids for i in live], turn_probes)
         else:
-            keys = [(tuple(rollouts[i].ids), probes[i]) for i in live] if probes else None
+            keys = [(tuple(rollouts[i].ids), probes[i] if probes else None) for i in live]
             logits, scores = batch.feed([pending[i] for i in live], turn_probes, keys)
         if probes:
             probe_scores[live, turn] = scores

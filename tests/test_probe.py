@@ -196,3 +196,27 @@ def test_probe_while_sampling_equals_naive_and_leaves_the_rollouts_alone(setup, 
     assert len(crops) == 1 + int(traj.num_tool_turns.max()) and all(n < 0 for n in crops)
     assert (naive[:, 1].nan_to_num() - naive[:, 0]).abs().max() > 1e-3  # the turns' probes really differ
 
+
+def test_identical_histories_are_fed_once(monkeypatch):
+    """Greedy rollouts of one prompt are one history: each observation (and its probe) is fed once for
+    them and the cache row copied, with the probe scores still the naive scorer's."""
+    tokenizer = make_tokenizer()
+    model = make_model(tokenizer, init_std=0.1)
+    cfg = small_config(num_generations=3, max_turns=3)
+    shapes = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward",
+                        lambda self, **kw: (shapes.append(tuple(kw["input_ids"].shape)), forward(self, **kw))[1])
+    handle = force_next_tokens(model, tokenizer, SEARCH_OR_ANSWER)
+    try:
+        traj = generate_rollouts(model, tokenizer, EXAMPLES, fact_tool, cfg, greedy=True, probe=True)
+        fed = list(shapes)
+        naive, _ = score_probes_naive(model, tokenizer, traj, cfg)
+    finally:
+        handle.remove()
+    assert (traj.num_tool_turns >= 1).any(), "some rollouts must go on after an observation"
+    # every forward that feeds more than one token per row (the prompts, then each turn's observations)
+    # holds one row per distinct history: at most one per question, not G
+    wide = [rows for rows, width in fed if width > 1]
+    assert len(wide) >= 2 and max(wide) <= len(EXAMPLES)
+    torch.testing.assert_close(traj.probe_logprob_mean, naive, rtol=0, atol=1e-4, equal_nan=True)
