@@ -59,7 +59,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    position_ids: Optional[torch.Tensor] = None,
                    score_mask: Optional[torch.Tensor] = None,
                    shared_prefix: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-                   bucket_cost: Optional[int] = None) -> TokenLogprobs:
+                   bucket_cost: Optional[int] = None, identical_rows_once: bool = False) -> TokenLogprobs:
     """Log-probability of every token given its prefix, aligned with ``input_ids`` (equations above).
 
     Args:
@@ -82,6 +82,9 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         bucket_cost: with ``shared_prefix``, run the rows' tokens after the prefix in length buckets
             (:func:`length_buckets`), one forward each, where one more forward is worth this many
             padded tokens; None = one forward padded to the longest row.
+        identical_rows_once: rows that are the same in every input (a prompt's rollouts that sampled
+            the same tokens) are computed once and their results copied; under autograd the copies'
+            gradients add up, so it is the same as computing every row.
 
     Returns:
         ``TokenLogprobs(logprobs [B, L] float32, entropy [B, L] float32 or None)``. Position 0, padding,
@@ -96,6 +99,22 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          f"{tuple(input_ids.shape)}.")
     if temperature <= 0:
         raise ValueError(f"token_logprobs: temperature={temperature!r} must be > 0.")
+    if identical_rows_once:
+        inputs = [input_ids, attention_mask] + [t for t in (position_ids, score_mask) if t is not None]
+        inputs += [t[:, None] for t in shared_prefix or ()]
+        every_input = torch.cat([t.to(input_ids.device).long() for t in inputs], dim=1)   # [B, ·] per row
+        firsts, copy_of = distinct_rows([tuple(row) for row in every_input.tolist()])
+        if len(firsts) < len(input_ids):
+            index, copies = torch.tensor(firsts, device=input_ids.device), copy_of.to(input_ids.device)
+
+            def pick(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+                return None if t is None else t[index.to(t.device)]
+
+            once = token_logprobs(model, input_ids[index], attention_mask[index], temperature, chunk, return_entropy,
+                                  pick(position_ids), pick(score_mask),
+                                  None if shared_prefix is None else tuple(pick(t) for t in shared_prefix),
+                                  bucket_cost)
+            return TokenLogprobs(once.logprobs[copies], None if once.entropy is None else once.entropy[copies])
     if position_ids is None:
         position_ids = positions_from_mask(attention_mask)
     real = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()  # token and its predictor both real

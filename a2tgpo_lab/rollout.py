@@ -707,7 +707,7 @@ def recompute_old_logprobs(model, traj: Trajectory, cfg: A2TGPOConfig) -> torch.
                 scored = token_logprobs(
                     model, traj.input_ids[rows, :width].to(device), traj.attention_mask[rows, :width].to(device),
                     temperature=cfg.temperature, shared_prefix=shared_prompt(traj, rows, cfg),
-                    bucket_cost=cfg.bucket_cost_tokens,
+                    bucket_cost=cfg.bucket_cost_tokens, identical_rows_once=cfg.share_identical_rollouts,
                     score_mask=None if score_mask is None else score_mask[rows, :width].to(device)).logprobs
                 old[rows, :width] = scored.cpu()
     finally:

@@ -270,7 +270,8 @@ class A2TGPOTrainer:
                     want_entropy = cfg.entropy_coeff > 0
                     logprobs, entropy = token_logprobs(model, ids, attn, temperature=cfg.temperature,
                                                        return_entropy=want_entropy, score_mask=scored,
-                                                       shared_prefix=shared, bucket_cost=cfg.bucket_cost_tokens)
+                                                       shared_prefix=shared, bucket_cost=cfg.bucket_cost_tokens,
+                                                       identical_rows_once=cfg.share_identical_rollouts)
                     ref = self._reference_logprobs(ids, attn, scored, shared) if cfg.beta > 0 else None
                     loss, out = policy_loss(
                         logprobs, traj.old_logprobs[rows, :width], token_adv[rows, :width],
@@ -340,7 +341,7 @@ class A2TGPOTrainer:
         from .models import disabled_adapters
 
         how = dict(temperature=self.cfg.temperature, score_mask=score_mask, shared_prefix=shared_prefix,
-                   bucket_cost=self.cfg.bucket_cost_tokens)
+                   bucket_cost=self.cfg.bucket_cost_tokens, identical_rows_once=self.cfg.share_identical_rollouts)
         with torch.no_grad():
             if self.reference_model is not None:
                 return token_logprobs(self.reference_model, ids, attn, **how).logprobs

@@ -61,6 +61,7 @@ KNOBS = {  # one optimization, and the value that switches it off
     "shared prompt prefix": ("share_prompt_prefix", False),
     "length buckets": ("bucket_cost_tokens", None),
     "parked rows": ("park_finished_rows", None),
+    "identical rollouts once": ("share_identical_rollouts", False),
 }
 ALL_OFF = dict(KNOBS.values())
 

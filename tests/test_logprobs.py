@@ -196,6 +196,34 @@ def test_shared_prefix_gives_the_same_logprobs_and_gradient(model, scored_only, 
     assert len(buckets) == {None: 1, 0: 5, 2: 2}[bucket_cost]  # cost 2: rows {4, 1} then {3, 0, 2}
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_identical_rows_are_computed_once_with_the_same_logprobs_and_gradient(model, shared, monkeypatch):
+    """Rows equal in every input are forwarded once and their results copied; the copies' gradients add up,
+    so scores and gradient are those of computing every row."""
+    ids, mask, lengths, groups = grouped_rows(model.config.vocab_size, head=3)
+    twice = torch.tensor([0, 1, 0, 2, 3, 1, 4, 0])          # rows 0 and 1 repeated: 5 distinct of 8
+    ids, mask, lengths, groups = ids[twice], mask[twice], lengths[twice], groups[twice]
+    after = (torch.arange(ids.shape[1])[None, :] > lengths[:, None]) & mask.bool()
+    weights = torch.randn(after.shape, generator=torch.Generator().manual_seed(0))  # each copy its own weight
+    rows_seen = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, **kw: (rows_seen.append(kw["input_ids"].shape[0]), forward(self, **kw))[1])
+    results = {}
+    for once in (False, True):
+        rows_seen.clear()
+        model.zero_grad(set_to_none=True)
+        out = token_logprobs(model, ids, mask, temperature=0.7, return_entropy=True, score_mask=after,
+                             shared_prefix=(lengths, groups) if shared else None, identical_rows_once=once)
+        (out.logprobs * after * weights).sum().backward()
+        results[once] = (out, torch.cat([p.grad.flatten() for p in model.parameters()]), max(rows_seen))
+    model.zero_grad(set_to_none=True)
+    (every, every_grad, every_rows), (once, once_grad, once_rows) = results[False], results[True]
+    torch.testing.assert_close(once.logprobs, every.logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(once.entropy, every.entropy, rtol=0, atol=1e-5)
+    torch.testing.assert_close(once_grad, every_grad, rtol=1e-4, atol=1e-5)
+    assert every_rows == 8 and once_rows == 5
+
+
 def test_length_buckets_minimise_padding_plus_a_cost_per_pass():
     """Hand-computed: lengths 10, 9, 2, 1 (rows 0-3, given in the order 9, 1, 10, 2).
     cost 0: no padding, a bucket per row (36 tokens, +0). cost 5: {10, 9} {2, 1}: 20 + 4 + 2·5 = 34,
