@@ -216,10 +216,11 @@ class A2TGPOConfig:
         split that minimises padded tokens + this many tokens per forward (the fixed cost of one more
         forward and backward, in tokens; default 64, measured on the quickstart, see
         docs/benchmarks.md). None = one forward per micro-batch.
-    share_identical_rollouts: the PPO, reference and recomputed π_old forwards compute rollouts that
-        are token for token the same once (default True): a prompt's G rollouts often sample the same
-        searches and answer, a third of the quickstart's at step 0 and two thirds later on. Each
-        rollout still counts in the loss; the gradient is the same.
+    share_identical_rollouts: the PPO, reference and recomputed π_old forwards compute the rollouts of
+        a micro-batch that are token for token the same once (default True). A prompt's G rollouts
+        often sample the same searches and answer: a third of the quickstart's at step 0, two thirds
+        later on. Each rollout still counts in the loss; the gradient is the same. (The update's
+        mini-batches are drawn at random, so there only copies that land in one mini-batch share.)
     park_finished_rows: while sampling a turn, the rollouts that have finished it leave the decode
         batch once they are at least this fraction of it (default 0.3), and re-join it, their cache
         untouched, when the turn's observations are fed; a decode step then computes only rows still
