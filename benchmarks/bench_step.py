@@ -4,6 +4,7 @@
     python benchmarks/bench_step.py --rss                 # + peak RSS of a short quickstart run per setting
     python benchmarks/bench_step.py --scaling             # + step time against G, turns and model size
     python benchmarks/bench_step.py --ratio_only --repeats 7 --threads 1   # A²TGPO / GRPO with less noise
+    python benchmarks/bench_step.py --update_only --repeats 9 --threads 1  # the update knobs, generation left out
 
 **Split.** Each row is one configuration of the quickstart's step (the bundled tiny model, 8 prompts × 8
 rollouts) timed by the trainer's own per-phase metrics: ``time/generation``, ``time/ig_forward`` (the IG
@@ -148,6 +149,55 @@ def split_benchmark(args, model, tokenizer, world) -> None:
         print(f"load average after {load()}")
 
 
+# The knobs that change the PPO update's work (the others act before it).
+UPDATE_KNOBS = ("scored logits only", "token-budget micro-batches", "shared prompt prefix", "length buckets",
+                "identical rollouts once")
+
+
+def update_benchmark(args, model, tokenizer, world) -> None:
+    """The actor update alone, each update knob off in turn, over one fixed trajectory (step
+    ``step_index``'s rollouts of an all-on A²TGPO step): generation's run-to-run spread stays out of it."""
+    train, dev, tool = world
+    base = dict(output_dir=tempfile.mkdtemp(prefix="bench_update_"), controlled=True, **json.loads(args.overrides))
+    configs = {"all on": preset("a2tgpo", **base)}
+    configs |= {f"− {label}": preset("a2tgpo", **base, **{KNOBS[label][0]: KNOBS[label][1]}) for label in UPDATE_KNOBS}
+    configs["all off"] = preset("a2tgpo", **base, **ALL_OFF)
+
+    def trainer_for(cfg):
+        trainer = A2TGPOTrainer(cfg, model=copy.deepcopy(model), tokenizer=tokenizer, train_examples=train,
+                                eval_examples=dev, tool=tool)
+        trainer.global_step = args.step_index
+        return trainer
+
+    captured = {}
+    capture = trainer_for(configs["all on"])
+    update = capture._ppo_update
+
+    def capture_then_update(*inputs):
+        captured["inputs"] = inputs
+        return update(*inputs)
+
+    capture._ppo_update = capture_then_update
+    capture.step()
+
+    def run(cfg) -> dict[str, float]:
+        trainer = trainer_for(cfg)
+        started = time.process_time()
+        trainer._ppo_update(*captured["inputs"])
+        return {"update": time.process_time() - started}
+
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\n## actor update of one fixed step-{args.step_index} trajectory, {threads} thread(s); "
+              f"load average before {load()}")
+        medians = alternate(run, configs, args.repeats)
+        off = medians["all off"]["update"]
+        print(f"{'configuration':<34}{'update CPU s':>13}{'vs all off':>11}")
+        for name, row in medians.items():
+            print(f"{name:<34}{row['update']:>13.3f}{off / row['update']:>10.2f}x")
+        print(f"load average after {load()}")
+
+
 def rss_benchmark(args) -> None:
     """Peak RSS of `a2tgpo-lab train` (eval, steps, eval) per setting, each in a fresh process."""
     print(f"\n## peak RSS of `a2tgpo-lab train --max_steps {args.rss_steps} --eval_num_prompts 64` "
@@ -213,6 +263,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no_split", action="store_true", help="skip the per-phase split table")
     parser.add_argument("--ratio_only", action="store_true",
                         help="split table of the four all-on / all-off rows only (more repeats for the same time)")
+    parser.add_argument("--update_only", action="store_true",
+                        help="instead of the split: the actor update alone over one fixed trajectory, per update knob")
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS per setting")
     parser.add_argument("--rss_steps", type=int, default=3)
     parser.add_argument("--scaling", action="store_true", help="also measure scaling in G, turns, model size")
@@ -229,7 +281,9 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}; {os.cpu_count()} CPUs; float32")
     world = load_world()
     model, tokenizer = load_model_and_tokenizer(preset("a2tgpo"))
-    if not args.no_split:
+    if args.update_only:
+        update_benchmark(args, model, tokenizer, world)
+    elif not args.no_split:
         split_benchmark(args, model, tokenizer, world)
     if args.rss:
         rss_benchmark(args)
