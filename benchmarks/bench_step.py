@@ -19,9 +19,10 @@ is the cost of the IG probe alone, as in the paper's Fig. 7.
 
 **Toggles.** ``all on`` is the default config; ``all off`` switches every optimization off (recomputed
 π_old, the probe encoding its contexts itself, logits at every position, one micro-batch padded to
-the longest rollout, every rollout encoding its own prompt: the step as it was before them); each
-``− knob`` row turns one optimization off. (Two exact changes have no knob and are on in every row:
-identical prompts encoded once when sampling starts, identical IG probes scored once.)
+the longest rollout, every rollout encoding its own prompt, no length buckets, every rollout decoding
+until its turn's longest row ends, identical rollouts each forwarded); each ``− knob`` row turns one
+optimization off. (Exact changes without a knob are on in every row, the baseline included: identical
+prompts encoded once when sampling starts, identical histories fed once, the cache growing in place.)
 Configurations run alternately, repeat after repeat, so a change of machine load hits all of them
 alike; the table shows medians.
 
