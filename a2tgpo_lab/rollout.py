@@ -132,18 +132,11 @@ class _CachedBatch:
 
         Identical chunks (the G rollouts of a prompt all start from it) are encoded, and probed, once
         and their cache rows copied."""
-        firsts, copy_of = distinct_rows([(tuple(chunk), probes[i].tokens if probes else ())
-                                         for i, chunk in enumerate(chunks)])
         self.cache, self.rows = _new_cache(self.model), list(rows)
-        self.mask = torch.zeros(len(firsts), 0, dtype=torch.long, device=self.device)
-        self.next_position = torch.zeros(len(firsts), dtype=torch.long, device=self.device)
-        logits, scores = self.feed([list(chunks[i]) for i in firsts], [probes[i] for i in firsts] if probes else None)
-        if len(firsts) < len(chunks):
-            copy_of = copy_of.to(self.device)
-            self.cache.batch_select_indices(copy_of)
-            self.mask, self.next_position, logits = self.mask[copy_of], self.next_position[copy_of], logits[copy_of]
-            scores = scores[copy_of.cpu()] if scores is not None else None
-        return logits, scores
+        self.mask = torch.zeros(len(chunks), 0, dtype=torch.long, device=self.device)
+        self.next_position = torch.zeros(len(chunks), dtype=torch.long, device=self.device)
+        keys = [(tuple(chunk), probes[i].tokens if probes else ()) for i, chunk in enumerate(chunks)]
+        return self.feed([list(chunk) for chunk in chunks], probes, keys)
 
     def keep(self, rows: list[int]) -> None:
         """Drop every cache row whose rollout is not in ``rows`` (ended rollouts cost nothing more).
@@ -156,20 +149,29 @@ class _CachedBatch:
             self.retire([row for row in self.rows if row not in kept])
         self._select(rows)
 
+    def _index_of(self, rows: list[int]) -> torch.Tensor:
+        """The cache row of each rollout in ``rows``."""
+        where = {row: i for i, row in enumerate(self.rows)}
+        return torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
+
+    def _take(self, index: torch.Tensor) -> None:
+        """Cache rows ``index`` (in that order, repeats allowed) become the batch: keys, values, mask and
+        positions (the caller keeps ``rows`` in step)."""
+        self.cache.batch_select_indices(index)
+        self.mask, self.next_position = self.mask[index], self.next_position[index]
+
     def _select(self, rows: list[int]) -> torch.Tensor:
         """Keep only the cache rows of rollouts ``rows``, in that order; return their old row indices."""
-        where = {row: i for i, row in enumerate(self.rows)}
-        index = torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
-        self.cache.batch_select_indices(index)
-        self.mask, self.next_position, self.rows = self.mask[index], self.next_position[index], list(rows)
+        index = self._index_of(rows)
+        self._take(index)
+        self.rows = list(rows)
         return index
 
     def park(self, rows: list[int]) -> torch.Tensor:
         """Set rollouts ``rows`` aside until :meth:`unpark`: they have finished the turn, and a decode step
         would still spend a row of its batch on each. Returns which of the current rows remain (to
         select their logits). Their keys, values, mask and positions wait unchanged in ``parked``."""
-        where = {row: i for i, row in enumerate(self.rows)}
-        index = torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
+        index = self._index_of(rows)
         self.parked.append((list(rows), [(layer.keys[index], layer.values[index]) for layer in self.cache.layers],
                             self.mask[index], self.next_position[index]))
         parked = set(rows)
@@ -197,8 +199,7 @@ class _CachedBatch:
         front (a stable sort of the columns by "is a hole" keeps their order), as [n, H, C, D] per layer."""
         if not rows:
             return
-        where = {row: i for i, row in enumerate(self.rows)}
-        index = torch.tensor([where[row] for row in rows], device=self.device)
+        index = self._index_of(rows)
         mask = self.mask[index]
         counts = mask.sum(dim=1)
         width = int(counts.max())
@@ -288,12 +289,10 @@ class _CachedBatch:
                            firsts: list[int], copy_of: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """:meth:`feed` of rows ``firsts`` only, whose cache rows (then mask, positions, logits and scores)
         are copied to the rows with the same key, row ``i`` taking row ``firsts[copy_of[i]]``'s."""
-        index, copies = torch.tensor(firsts, device=self.device), copy_of.to(self.device)
-        self.cache.batch_select_indices(index)
-        self.mask, self.next_position = self.mask[index], self.next_position[index]
+        copies = copy_of.to(self.device)
+        self._take(torch.tensor(firsts, device=self.device))
         logits, scores = self.feed([chunks[i] for i in firsts], [probes[i] for i in firsts] if probes else None)
-        self.cache.batch_select_indices(copies)
-        self.mask, self.next_position = self.mask[copies], self.next_position[copies]
+        self._take(copies)
         return logits[copies], scores[copy_of] if scores is not None else None
 
     def _advance(self, cache, mask: torch.Tensor, real: torch.Tensor) -> None:

@@ -92,11 +92,16 @@ class EqualWorkStep:
     def __init__(self, model, tokenizer, world, step_index: int = 0):
         self.model, self.tokenizer, self.world, self.step_index = model, tokenizer, world, step_index
 
-    def __call__(self, cfg) -> dict[str, float]:
+    def trainer(self, cfg) -> A2TGPOTrainer:
+        """A trainer of ``cfg`` on a fresh copy of the starting model, about to run step ``step_index``."""
         train, dev, tool = self.world
         trainer = A2TGPOTrainer(cfg, model=copy.deepcopy(self.model), tokenizer=self.tokenizer,
                                 train_examples=train, eval_examples=dev, tool=tool)
         trainer.global_step = self.step_index
+        return trainer
+
+    def __call__(self, cfg) -> dict[str, float]:
+        trainer = self.trainer(cfg)
         started = time.perf_counter()
         record = trainer.step()
         wall = time.perf_counter() - started
@@ -158,20 +163,14 @@ UPDATE_KNOBS = ("scored logits only", "token-budget micro-batches", "shared prom
 def update_benchmark(args, model, tokenizer, world) -> None:
     """The actor update alone, each update knob off in turn, over one fixed trajectory (step
     ``step_index``'s rollouts of an all-on A²TGPO step): generation's run-to-run spread stays out of it."""
-    train, dev, tool = world
     base = dict(output_dir=tempfile.mkdtemp(prefix="bench_update_"), controlled=True, **json.loads(args.overrides))
     configs = {"all on": preset("a2tgpo", **base)}
     configs |= {f"− {label}": preset("a2tgpo", **base, **{KNOBS[label][0]: KNOBS[label][1]}) for label in UPDATE_KNOBS}
     configs["all off"] = preset("a2tgpo", **base, **ALL_OFF)
 
-    def trainer_for(cfg):
-        trainer = A2TGPOTrainer(cfg, model=copy.deepcopy(model), tokenizer=tokenizer, train_examples=train,
-                                eval_examples=dev, tool=tool)
-        trainer.global_step = args.step_index
-        return trainer
-
+    step = EqualWorkStep(model, tokenizer, world, args.step_index)
     captured = {}
-    capture = trainer_for(configs["all on"])
+    capture = step.trainer(configs["all on"])
     update = capture._ppo_update
 
     def capture_then_update(*inputs):
@@ -182,7 +181,7 @@ def update_benchmark(args, model, tokenizer, world) -> None:
     capture.step()
 
     def run(cfg) -> dict[str, float]:
-        trainer = trainer_for(cfg)
+        trainer = step.trainer(cfg)
         started = time.process_time()
         trainer._ppo_update(*captured["inputs"])
         return {"update": time.process_time() - started}
