@@ -221,6 +221,12 @@ class A2TGPOConfig:
         often sample the same searches and answer: a third of the quickstart's at step 0, two thirds
         later on. Each rollout still counts in the loss; the gradient is the same. (The update's
         mini-batches are drawn at random, so there only copies that land in one mini-batch share.)
+    share_identical_histories: while sampling, rollouts whose histories are token for token the same
+        share one row of the KV cache, fed once, until they draw different tokens (default True). A
+        prompt's G rollouts start as one row; at the quickstart's step 0 the 437 sampled tokens extend
+        only 141 distinct histories. False = one row per
+        rollout while decoding; either way an observation (and its probe) is fed once per distinct
+        history, which keeps a turn group of identical searches at exactly zero IG spread.
     park_finished_rows: while sampling a turn, the rollouts that have finished it leave the decode
         batch once they are at least this fraction of it (default 0.3), and re-join it, their cache
         untouched, when the turn's observations are fed; a decode step then computes only rows still
@@ -307,6 +313,7 @@ class A2TGPOConfig:
     share_prompt_prefix: bool = True
     bucket_cost_tokens: Optional[int] = 64
     share_identical_rollouts: bool = True
+    share_identical_histories: bool = True
     park_finished_rows: Optional[float] = 0.3
     use_peft: bool = False
     lora_r: int = 16

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from .chat import ObservationTemplate, encode, observation_template, probe_suffix, prompt_ids, prompt_options
 from .config import A2TGPOConfig
 from .envs.qa import QAExample
-from .logprobs import distinct_rows, logprobs_from_logits, token_budget_batches, token_logprobs
+from .logprobs import logprobs_from_logits, token_budget_batches, token_logprobs
 from .protocol import Action, get_protocol
 from .records import Trajectory
 
@@ -104,11 +104,16 @@ class _Rollout:
 
 
 class _CachedBatch:
-    """A batch of token rows living in a KV cache that may contain holes.
+    """Token histories living in a KV cache that may contain holes, one cache row per distinct history.
+
+    Rollouts whose histories are token for token the same share one cache row: the G rollouts of a
+    prompt start as one row and stay one while they sample the same tokens, so each history is fed,
+    and probed, once. :meth:`regroup` splits a row, copying it, when its rollouts' next chunks differ
+    (and merges rows whose histories became the same, when the sharing is off while decoding).
 
     State: the cache, ``mask`` [N, S] (1 where the cache column is a real token of that row),
-    ``next_position`` [N] (real tokens so far = position of the row's next token) and
-    ``rows`` (which rollout each cache row belongs to).
+    ``next_position`` [N] (real tokens so far = position of the row's next token) and ``groups``
+    (the rollouts each cache row holds).
     """
 
     def __init__(self, model, pad_id: int, device: torch.device, keep_kv: bool = False, temperature: float = 1.0,
@@ -118,64 +123,88 @@ class _CachedBatch:
         self.cache = None
         self.mask = None
         self.next_position = None
-        self.rows: list[int] = []
+        self.groups: list[tuple[int, ...]] = []
         # with keep_kv: (rollouts, their real-token counts, per-layer keys, per-layer values) of each retired group
         self.retired: Optional[list[tuple[list[int], torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]] = (
             [] if keep_kv else None)
-        # (rollouts, per-layer (keys, values), mask, next positions) of each group of parked rows
-        self.parked: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]] = []
+        # (groups, per-layer (keys, values), mask, next positions) of each set of parked rows
+        self.parked: list[tuple[list[tuple[int, ...]], list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor,
+                                torch.Tensor]] = []
 
-    def start(self, rows: list[int], chunks: list[list[int]],
-              probes: Optional[list["_ProbeTokens"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Empty the cache, then feed ``chunks[i]`` (non-empty) for rollout ``rows[i]``; return the
-        next-token logits and, given ``probes``, each row's probe score after its chunk (:meth:`feed`).
+    @property
+    def rollouts(self) -> list[int]:
+        """Every rollout in the cache, row by row."""
+        return [i for group in self.groups for i in group]
 
-        Identical chunks (the G rollouts of a prompt all start from it) are encoded, and probed, once
-        and their cache rows copied."""
-        self.cache, self.rows = _new_cache(self.model), list(rows)
-        self.mask = torch.zeros(len(chunks), 0, dtype=torch.long, device=self.device)
-        self.next_position = torch.zeros(len(chunks), dtype=torch.long, device=self.device)
-        keys = [(tuple(chunk), probes[i].tokens if probes else ()) for i, chunk in enumerate(chunks)]
-        return self.feed([list(chunk) for chunk in chunks], probes, keys)
+    def row_of(self, rollouts: Sequence[int]) -> torch.Tensor:
+        """The cache row holding each of ``rollouts`` (to read a row's logits or score for a rollout)."""
+        where = {i: row for row, group in enumerate(self.groups) for i in group}
+        return torch.tensor([where[i] for i in rollouts], dtype=torch.long, device=self.device)
 
-    def keep(self, rows: list[int]) -> None:
-        """Drop every cache row whose rollout is not in ``rows`` (ended rollouts cost nothing more).
+    def start(self, chunks: dict[int, list[int]],
+              probes: Optional[dict[int, "_ProbeTokens"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Empty the cache, then feed rollout i its (non-empty) ``chunks[i]``, identical chunks (with
+        identical probes) once; return the next-token logits and, given ``probes``, the probe scores
+        of each cache row (:meth:`feed`)."""
+        keys = {i: (tuple(chunk), probes[i].tokens if probes else ()) for i, chunk in chunks.items()}
+        distinct: dict = {}
+        for i, key in keys.items():
+            distinct.setdefault(key, []).append(i)
+        self.groups = [tuple(group) for group in distinct.values()]
+        self.cache = _new_cache(self.model)
+        self.mask = torch.zeros(len(self.groups), 0, dtype=torch.long, device=self.device)
+        self.next_position = torch.zeros(len(self.groups), dtype=torch.long, device=self.device)
+        return self.feed([chunks[group[0]] for group in self.groups],
+                         [probes[group[0]] for group in self.groups] if probes else None)
 
-        With ``keep_kv`` the dropped rows are first retired: their keys / values, holes removed."""
-        if rows == self.rows:
+    def regroup(self, keys: dict[int, object]) -> None:
+        """Make the cache rows hold exactly the rollouts with equal ``keys[i]``, in the order the keys
+        first appear. Equal keys must mean equal histories (the key names the history, or the cache
+        row and what will be appended to it); a key shared by several rows takes the first one's."""
+        order: dict = {}
+        for row, group in enumerate(self.groups):
+            for i in group:
+                order.setdefault(keys[i], (row, []))[1].append(i)
+        groups = [tuple(members) for _, members in order.values()]
+        if groups != self.groups:
+            self._take(torch.tensor([row for row, _ in order.values()], dtype=torch.long, device=self.device))
+            self.groups = groups
+
+    def keep(self, rollouts: Sequence[int]) -> None:
+        """Drop every rollout not in ``rollouts``, and the cache rows left empty (ended rollouts cost
+        nothing more). With ``keep_kv`` the dropped rollouts are first retired: their keys / values,
+        holes removed."""
+        kept = set(rollouts)
+        dropped = [i for i in self.rollouts if i not in kept]
+        if not dropped:
             return
         if self.retired is not None:
-            kept = set(rows)
-            self.retire([row for row in self.rows if row not in kept])
-        self._select(rows)
-
-    def _index_of(self, rows: list[int]) -> torch.Tensor:
-        """The cache row of each rollout in ``rows``."""
-        where = {row: i for i, row in enumerate(self.rows)}
-        return torch.tensor([where[row] for row in rows], dtype=torch.long, device=self.device)
+            self.retire(dropped)
+        groups = [tuple(i for i in group if i in kept) for group in self.groups]
+        rows = [row for row, group in enumerate(groups) if group]
+        self._take(torch.tensor(rows, dtype=torch.long, device=self.device))
+        self.groups = [groups[row] for row in rows]
 
     def _take(self, index: torch.Tensor) -> None:
         """Cache rows ``index`` (in that order, repeats allowed) become the batch: keys, values, mask and
-        positions (the caller keeps ``rows`` in step)."""
+        positions (the caller keeps ``groups`` in step)."""
         self.cache.batch_select_indices(index)
         self.mask, self.next_position = self.mask[index], self.next_position[index]
 
-    def _select(self, rows: list[int]) -> torch.Tensor:
-        """Keep only the cache rows of rollouts ``rows``, in that order; return their old row indices."""
-        index = self._index_of(rows)
-        self._take(index)
-        self.rows = list(rows)
-        return index
-
-    def park(self, rows: list[int]) -> torch.Tensor:
-        """Set rollouts ``rows`` aside until :meth:`unpark`: they have finished the turn, and a decode step
-        would still spend a row of its batch on each. Returns which of the current rows remain (to
-        select their logits). Their keys, values, mask and positions wait unchanged in ``parked``."""
-        index = self._index_of(rows)
-        self.parked.append((list(rows), [(layer.keys[index], layer.values[index]) for layer in self.cache.layers],
+    def park(self, rows: Sequence[int]) -> torch.Tensor:
+        """Set cache rows ``rows`` aside until :meth:`unpark`: their rollouts have finished the turn, and
+        a decode step would still spend a row of its batch on each. Returns the rows that remain (to
+        select their logits). The parked keys, values, mask and positions wait unchanged in ``parked``."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.parked.append(([self.groups[row] for row in rows],
+                            [(layer.keys[index], layer.values[index]) for layer in self.cache.layers],
                             self.mask[index], self.next_position[index]))
         parked = set(rows)
-        return self._select([row for row in self.rows if row not in parked])
+        remaining = [row for row in range(len(self.groups)) if row not in parked]
+        self.groups = [self.groups[row] for row in remaining]
+        remaining = torch.tensor(remaining, dtype=torch.long, device=self.device)
+        self._take(remaining)
+        return remaining
 
     def unpark(self) -> None:
         """Bring the parked rows back, after the others: the columns the others added meanwhile are holes
@@ -191,15 +220,15 @@ class _CachedBatch:
             layer.keys, layer.values = torch.cat(keys), torch.cat(values)
         self.mask = torch.cat([self.mask] + [F.pad(mask, (0, width - mask.shape[1])) for _, _, mask, _ in self.parked])
         self.next_position = torch.cat([self.next_position] + [positions for *_, positions in self.parked])
-        self.rows = self.rows + [row for rows, *_ in self.parked for row in rows]
+        self.groups = self.groups + [group for groups, *_ in self.parked for group in groups]
         self.parked = []
 
-    def retire(self, rows: list[int]) -> None:
-        """Keep the cache of rollouts ``rows`` with the holes removed: each row's real columns moved to the
+    def retire(self, rollouts: list[int]) -> None:
+        """Keep the cache of ``rollouts`` with the holes removed: each one's real columns moved to the
         front (a stable sort of the columns by "is a hole" keeps their order), as [n, H, C, D] per layer."""
-        if not rows:
+        if not rollouts:
             return
-        index = self._index_of(rows)
+        index = self.row_of(rollouts)
         mask = self.mask[index]
         counts = mask.sum(dim=1)
         width = int(counts.max())
@@ -209,7 +238,7 @@ class _CachedBatch:
             gather = columns[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
             keys.append(layer.keys[index].gather(2, gather))
             values.append(layer.values[index].gather(2, gather))
-        self.retired.append((list(rows), counts, keys, values))
+        self.retired.append((list(rollouts), counts, keys, values))
 
     def _right_padded(self, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``chunks`` as one right-padded [N, M] block of ids (M ≥ 1) and its 0/1 mask of real tokens."""
@@ -221,8 +250,8 @@ class _CachedBatch:
             real[i, : len(chunk)] = 1
         return ids, real
 
-    def feed(self, chunks: list[list[int]], probes: Optional[list["_ProbeTokens"]] = None,
-             keys: Optional[list] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def feed(self, chunks: list[list[int]],
+             probes: Optional[list["_ProbeTokens"]] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Append ``chunks[i]`` (possibly empty) to cache row i; return next-token logits [N, V] and,
         given ``probes``, ℓ of each row's IG probe read right after its chunk ([N] float32 on the CPU):
 
@@ -237,16 +266,11 @@ class _CachedBatch:
         row's context through the cache and its chunk, the chunk's padding being a hole. Logits are
         projected only at the chunk's last token and where a gold token is predicted, and the probe
         block is cropped off the cache afterwards, so the rollout continues as if it was never there.
-        Rows with equal ``keys`` (the same history, chunk included, and probe) are fed once and their
-        cache rows copied (:meth:`_feed_once_per_key`): the G rollouts of a prompt often make the same
-        searches. It also gives them exactly the same score: a batched forward need not round every row
-        alike, and a turn group of identical searches must have exactly zero IG spread, not rounding
-        noise that the z-score would blow up.
+        A row holds every rollout with its history, so identical histories are scored once and get
+        exactly the same score: a batched forward need not round every row alike, and a turn group of
+        identical searches must have exactly zero IG spread, not rounding noise that the z-score would
+        blow up.
         """
-        if keys is not None:
-            firsts, copy_of = distinct_rows(keys)
-            if len(firsts) < len(chunks):
-                return self._feed_once_per_key(chunks, probes, firsts, copy_of)
         ids, real = self._right_padded(chunks)
         ids, real = ids.to(self.device), real.to(self.device)
         width = ids.shape[1]
@@ -284,16 +308,6 @@ class _CachedBatch:
             scores = torch.zeros(len(probes)).index_add_(0, rows, scored.float().cpu()) / gold_len
         self._advance(out.cache, mask, real)
         return out.logits[next_at.to(self.device)], scores
-
-    def _feed_once_per_key(self, chunks: list[list[int]], probes: Optional[list["_ProbeTokens"]],
-                           firsts: list[int], copy_of: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """:meth:`feed` of rows ``firsts`` only, whose cache rows (then mask, positions, logits and scores)
-        are copied to the rows with the same key, row ``i`` taking row ``firsts[copy_of[i]]``'s."""
-        copies = copy_of.to(self.device)
-        self._take(torch.tensor(firsts, device=self.device))
-        logits, scores = self.feed([chunks[i] for i in firsts], [probes[i] for i in firsts] if probes else None)
-        self._take(copies)
-        return logits[copies], scores[copy_of] if scores is not None else None
 
     def _advance(self, cache, mask: torch.Tensor, real: torch.Tensor) -> None:
         """The chunk (``real`` [N, M], its columns appended to ``mask``) is now in ``cache``."""
@@ -536,10 +550,10 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
     # rows that finished their turn leave the decode batch (a sliding-window cache could not re-join them)
     can_park = cfg.park_finished_rows is not None and full_attention
     live = list(range(len(rollouts)))
-    logits, scores = batch.start(live, [rollouts[i].ids for i in live], probes)
+    logits, scores = batch.start({i: rollouts[i].ids for i in live}, {i: probes[i] for i in live} if probes else None)
     probe_scores = torch.full((len(rollouts), cfg.max_turns + 1), float("nan")) if probes else None
     if probes:
-        probe_scores[live, 0] = scores
+        probe_scores[live, 0] = scores[batch.row_of(live).cpu()]
     turns = range(1, cfg.max_turns + 1)
     if progress:
         from tqdm.auto import tqdm
@@ -552,14 +566,14 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
         turn_start = {i: len(rollouts[i].ids) for i in live}
         hit_length_cap = set()
         while True:
-            active = [j for j, i in enumerate(batch.rows) if generating[i]]
-            chosen = logits[active]
+            # one draw per rollout, in rollout order, however the cache rows are shared
+            active = sorted(i for i in batch.rollouts if generating[i])
+            chosen = logits[batch.row_of(active)]
             sampled = sample_next_tokens(chosen, cfg.temperature, cfg.top_p, greedy, generator)
             # log π_old(token) of the full distribution at temperature τ, as a fresh forward would score it
             scores = (logprobs_from_logits(chosen, sampled, cfg.temperature).logprobs.tolist() if sampler_logprobs
                       else [0.0] * len(active))
-            for j, token, score in zip(active, sampled.tolist(), scores):
-                i = batch.rows[j]
+            for i, token, score in zip(active, sampled.tolist(), scores):
                 rollout = rollouts[i]
                 rollout.ids.append(token)
                 rollout.turn_of_token.append(turn)
@@ -572,10 +586,13 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
                     generating[i] = False
             if not any(generating.values()):
                 break
-            logits, _ = batch.feed([pending[i] for i in batch.rows])
+            # a row's rollouts that drew the same token still share one history; the others get a copy
+            batch.regroup({i: (row, tuple(pending[i])) if cfg.share_identical_histories else i
+                           for row, group in enumerate(batch.groups) for i in group})
+            logits, _ = batch.feed([pending[group[0]] for group in batch.groups])
             pending = {i: [] for i in pending}
-            done_with_turn = [i for i in batch.rows if not generating[i]]
-            if can_park and done_with_turn and len(done_with_turn) >= cfg.park_finished_rows * len(batch.rows):
+            done_with_turn = [row for row, group in enumerate(batch.groups) if not generating[group[0]]]
+            if can_park and done_with_turn and len(done_with_turn) >= cfg.park_finished_rows * len(batch.groups):
                 logits = logits[batch.park(done_with_turn)]
         batch.unpark()
 
@@ -609,17 +626,21 @@ def _run_turns(model, tokenizer, rollouts: list[_Rollout], tool, cfg: A2TGPOConf
         # ---- feed the observations (and each turn's last token) to start the next turn; the cache then
         # ends with c_turn (the observation and the next assistant header), where the probe is read
         batch.keep(live)
-        turn_probes = [probes[i] for i in live] if probes else None
         if reencode:
-            logits, scores = batch.start(live, [rollouts[i].ids for i in live], turn_probes)
+            logits, scores = batch.start({i: rollouts[i].ids for i in live},
+                                         {i: probes[i] for i in live} if probes else None)
         else:
-            keys = [(tuple(rollouts[i].ids), probes[i] if probes else None) for i in live]
-            logits, scores = batch.feed([pending[i] for i in live], turn_probes, keys)
+            # one row per distinct history, the observation included: rows whose searches found different
+            # observations split, and rows decoded apart (share_identical_histories=False) that searched
+            # alike join again, so each observation and its probe are fed once
+            batch.regroup({i: (tuple(rollouts[i].ids), probes[i] if probes else None) for i in batch.rollouts})
+            logits, scores = batch.feed([pending[group[0]] for group in batch.groups],
+                                        [probes[group[0]] for group in batch.groups] if probes else None)
         if probes:
-            probe_scores[live, turn] = scores
+            probe_scores[live, turn] = scores[batch.row_of(live).cpu()]
     if batch.retired is None:
         return None, probe_scores
-    batch.retire(batch.rows)
+    batch.retire(batch.rollouts)
     return _kv_prefix(batch.retired, len(rollouts)), probe_scores
 
 

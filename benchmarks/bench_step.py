@@ -20,9 +20,10 @@ is the cost of the IG probe alone, as in the paper's Fig. 7.
 **Toggles.** ``all on`` is the default config; ``all off`` switches every optimization off (recomputed
 π_old, the probe encoding its contexts itself, logits at every position, one micro-batch padded to
 the longest rollout, every rollout encoding its own prompt, no length buckets, every rollout decoding
-until its turn's longest row ends, identical rollouts each forwarded); each ``− knob`` row turns one
-optimization off. (Exact changes without a knob are on in every row, the baseline included: identical
-prompts encoded once when sampling starts, identical histories fed once, the cache growing in place.)
+until its turn's longest row ends, each rollout decoding in its own cache row, identical rollouts each
+forwarded); each ``− knob`` row turns one optimization off. (Exact changes without a knob are on in every
+row, the baseline included: identical prompts encoded once when sampling starts, each observation fed
+once per distinct history, the cache growing in place.)
 Configurations run alternately, repeat after repeat, so a change of machine load hits all of them
 alike; the table shows medians.
 
@@ -62,6 +63,7 @@ KNOBS = {  # one optimization, and the value that switches it off
     "token-budget micro-batches": ("micro_batch_tokens", None),
     "shared prompt prefix": ("share_prompt_prefix", False),
     "length buckets": ("bucket_cost_tokens", None),
+    "shared histories": ("share_identical_histories", False),
     "parked rows": ("park_finished_rows", None),
     "identical rollouts once": ("share_identical_rollouts", False),
 }

@@ -311,6 +311,42 @@ def test_parked_rows_rejoin_with_the_same_rollouts(model, tokenizer, monkeypatch
     assert len(parked) >= 3 and (plain.num_tool_turns == 2).any()
 
 
+@pytest.mark.parametrize("seed", [7, 8])
+def test_shared_histories_split_into_the_same_rollouts(model, tokenizer, monkeypatch, seed):
+    """Rollouts with the same history share one cache row while decoding, copied when their draws differ:
+    the same tokens, old log-probs, probe scores and kept cache as one row per rollout, in fewer rows."""
+    fed = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward",
+                        lambda self, **kw: (fed.append(tuple(kw["input_ids"].shape)), forward(self, **kw))[1])
+    handle = force_next_tokens(model, tokenizer, LONG_OR_SHORT_SEARCH)
+    runs, decoded_rows = {}, {}
+    try:
+        for share in (False, True):
+            fed.clear()
+            cfg = small_config(num_generations=4, max_turns=3, share_identical_histories=share)
+            runs[share] = generate_rollouts(model, tokenizer, EXAMPLES, fact_tool, cfg,
+                                            generator=torch.Generator().manual_seed(seed), probe=True, keep_kv=True)
+            decoded_rows[share] = sum(rows for rows, width in fed if width == 1)
+    finally:
+        handle.remove()
+    apart, shared = runs[False], runs[True]
+    assert torch.equal(shared.input_ids, apart.input_ids) and torch.equal(shared.context_ends, apart.context_ends)
+    assert shared.end_reason == apart.end_reason
+    torch.testing.assert_close(shared.old_logprobs, apart.old_logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared.probe_logprob_mean, apart.probe_logprob_mean, rtol=0, atol=1e-5,
+                               equal_nan=True)
+    assert torch.equal(shared.kv_prefix.lengths, apart.kv_prefix.lengths)
+    real = torch.arange(apart.kv_prefix.keys[0].shape[2])[None, :] < apart.kv_prefix.lengths[:, None]  # [B, C]
+    for mine, theirs in zip(shared.kv_prefix.keys + shared.kv_prefix.values,
+                            apart.kv_prefix.keys + apart.kv_prefix.values):
+        torch.testing.assert_close(mine.transpose(1, 2)[real], theirs.transpose(1, 2)[real], rtol=0, atol=1e-5)
+    # what makes the sharing matter: a prompt's rollouts that part ways, and fewer rows decoded
+    per_prompt = apart.input_ids.view(len(EXAMPLES), 4, -1)
+    assert any(len({tuple(row.tolist()) for row in group}) > 1 for group in per_prompt)
+    assert decoded_rows[True] < decoded_rows[False]
+
+
 def test_sampling_is_seeded(forced, tokenizer):
     cfg = small_config()
     first = generate_rollouts(forced, tokenizer, EXAMPLES, fact_tool, cfg, generator=torch.Generator().manual_seed(5))
