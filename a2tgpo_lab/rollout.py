@@ -243,11 +243,8 @@ class _CachedBatch:
     def _right_padded(self, chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``chunks`` as one right-padded [N, M] block of ids (M ≥ 1) and its 0/1 mask of real tokens."""
         width = max(1, max(len(chunk) for chunk in chunks))
-        ids = torch.full((len(chunks), width), self.pad_id, dtype=torch.long)
-        real = torch.zeros((len(chunks), width), dtype=torch.long)
-        for i, chunk in enumerate(chunks):
-            ids[i, : len(chunk)] = torch.tensor(chunk, dtype=torch.long)
-            real[i, : len(chunk)] = 1
+        ids = torch.tensor([list(chunk) + [self.pad_id] * (width - len(chunk)) for chunk in chunks], dtype=torch.long)
+        real = torch.tensor([[1] * len(chunk) + [0] * (width - len(chunk)) for chunk in chunks], dtype=torch.long)
         return ids, real
 
     def feed(self, chunks: list[list[int]],
