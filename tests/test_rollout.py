@@ -18,7 +18,7 @@ from a2tgpo_lab.envs.qa import QAExample
 from a2tgpo_lab.logprobs import token_logprobs
 from a2tgpo_lab.protocol import SYSTEM_PROMPT, format_answer, format_observation, get_protocol
 from a2tgpo_lab.rewards import outcome_reward
-from a2tgpo_lab.rollout import generate_rollouts, sample_next_tokens, stop_token_ids
+from a2tgpo_lab.rollout import draw_tokens, generate_rollouts, sample_next_tokens, stop_token_ids
 from a2tgpo_lab.tiny import IM_END, build_tiny_qwen, build_word_tokenizer
 
 QUERY_WORDS = ["Velmora", "Quillan", "Tarsk", "Brevik"]
@@ -458,6 +458,28 @@ def test_nucleus_sampling_keeps_the_smallest_likely_set():
     kept = sample_next_tokens(logits, 1.0, 0.7, greedy=False, generator=generator).float().mean().item()
     assert kept == pytest.approx(0.3 / 0.8, abs=0.03)  # renormalized: P(token 1) = 0.3 / (0.5 + 0.3)
     assert sample_next_tokens(logits[:2], 1.0, 1.0, greedy=True, generator=None).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("rows, vocab, sharpness", [(64, 2150, 3.0), (5, 97, 0.5), (1, 40000, 8.0)])
+def test_draw_tokens_equals_torch_multinomial(rows, vocab, sharpness):
+    """The vectorised exponential race draws what torch.multinomial draws, from the same generator state,
+    and leaves the generator where torch.multinomial does: the sampled rollouts do not change."""
+    probs = torch.softmax(torch.randn(rows, vocab, generator=torch.Generator().manual_seed(1)) * sharpness, dim=-1)
+    probs[:, ::7] = 0.0  # tokens top-p removed: never drawn
+    theirs, mine = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    for _ in range(3):
+        expected = torch.multinomial(probs, 1, generator=theirs).squeeze(-1)
+        drawn = draw_tokens(probs, mine)
+        assert torch.equal(drawn, expected)
+        assert (drawn % 7 != 0).all()
+    assert torch.equal(mine.get_state(), theirs.get_state())
+
+
+def test_draw_tokens_rejects_broken_probabilities():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        draw_tokens(torch.tensor([[0.5, float("nan")]]))
+    with pytest.raises(ValueError, match="not all zero"):
+        draw_tokens(torch.zeros(2, 3))
 
 
 def test_missing_chat_template_is_a_clear_error(model, tokenizer):
