@@ -227,10 +227,10 @@ class A2TGPOConfig:
         only 141 distinct histories. False = one row per
         rollout while decoding; either way an observation (and its probe) is fed once per distinct
         history, which keeps a turn group of identical searches at exactly zero IG spread.
-    park_finished_rows: while sampling a turn, the rollouts that have finished it leave the decode
-        batch once they are at least this fraction of it (default 0.3), and re-join it, their cache
-        untouched, when the turn's observations are fed; a decode step then computes only rows still
-        generating. None = every row rides along until the turn's longest row ends.
+    park_finished_rows: while sampling a turn, the cache rows whose rollouts have finished it leave the
+        decode batch once they are at least this fraction of its rows (default 0.3), and re-join it,
+        their cache untouched, when the turn's observations are fed; a decode step then computes only
+        rows still generating. None = every row rides along until the turn's longest row ends.
     use_peft, lora_r, lora_alpha, lora_dropout, lora_target_modules: LoRA via peft.
     load_in_4bit: NF4 weights via bitsandbytes (bf16 compute on GPU, fp32 on CPU).
     gradient_checkpointing, bf16, device ("auto", "cpu", "cuda").

@@ -16,6 +16,11 @@ ended). Holes are invisible to attention; explicit ``position_ids`` count only a
 so every real token sits at the position it has in the row's compact sequence. Rollouts that have
 ended are dropped from the cache at turn boundaries.
 
+Rollouts whose histories are token for token the same share one cache row (``share_identical_histories``):
+a prompt's G rollouts start as one row, and a row is copied only when its rollouts draw different
+tokens, so a decode step computes each distinct history once. The draws themselves are made per
+rollout, in rollout order, exactly as without the sharing.
+
 The returned :class:`~a2tgpo_lab.records.Trajectory` is the compact form (holes removed, right
 padding) with its masks and ``old_logprobs``, log π_old of every generated token at the sampling
 temperature (the full distribution, before top-p), in one of two ways (``cfg.old_logprobs``):
