@@ -277,6 +277,19 @@ def test_kv_continuation_equals_reencoding_on_long_free_text(model, tokenizer):
 LONG_OR_SHORT_SEARCH = {**ALWAYS_SEARCH, **{w: QUERY_WORDS + ["</search>"] for w in QUERY_WORDS}}
 
 
+def assert_same_rollouts(mine, theirs):
+    """Two runs sampled the same rollouts: tokens, ends, old log-probs, probe scores and kept cache."""
+    assert torch.equal(mine.input_ids, theirs.input_ids) and torch.equal(mine.context_ends, theirs.context_ends)
+    assert mine.end_reason == theirs.end_reason
+    torch.testing.assert_close(mine.old_logprobs, theirs.old_logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(mine.probe_logprob_mean, theirs.probe_logprob_mean, rtol=0, atol=1e-5,
+                               equal_nan=True)
+    assert torch.equal(mine.kv_prefix.lengths, theirs.kv_prefix.lengths)
+    real = torch.arange(theirs.kv_prefix.keys[0].shape[2])[None, :] < theirs.kv_prefix.lengths[:, None]  # [B, C]
+    for a, b in zip(mine.kv_prefix.keys + mine.kv_prefix.values, theirs.kv_prefix.keys + theirs.kv_prefix.values):
+        torch.testing.assert_close(a.transpose(1, 2)[real], b.transpose(1, 2)[real], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("seed", [7, 8])
 def test_parked_rows_rejoin_with_the_same_rollouts(model, tokenizer, monkeypatch, seed):
     """Rows that finished their turn leave the decode batch and re-join it when the observations are fed:
@@ -296,17 +309,8 @@ def test_parked_rows_rejoin_with_the_same_rollouts(model, tokenizer, monkeypatch
             assert bool(parked) == (fraction is not None)
     finally:
         handle.remove()
-    plain, rejoined = runs[None], runs[0.25]
-    assert torch.equal(rejoined.input_ids, plain.input_ids) and torch.equal(rejoined.context_ends, plain.context_ends)
-    assert rejoined.end_reason == plain.end_reason
-    torch.testing.assert_close(rejoined.old_logprobs, plain.old_logprobs, rtol=0, atol=1e-5)
-    torch.testing.assert_close(rejoined.probe_logprob_mean, plain.probe_logprob_mean, rtol=0, atol=1e-5,
-                               equal_nan=True)
-    assert torch.equal(rejoined.kv_prefix.lengths, plain.kv_prefix.lengths)
-    real = torch.arange(plain.kv_prefix.keys[0].shape[2])[None, :] < plain.kv_prefix.lengths[:, None]  # [B, C]
-    for mine, theirs in zip(rejoined.kv_prefix.keys + rejoined.kv_prefix.values,
-                            plain.kv_prefix.keys + plain.kv_prefix.values):
-        torch.testing.assert_close(mine.transpose(1, 2)[real], theirs.transpose(1, 2)[real], rtol=0, atol=1e-5)
+    plain = runs[None]
+    assert_same_rollouts(runs[0.25], plain)
     # what makes parking matter: rows parked in several turns, and going on after the observations
     assert len(parked) >= 3 and (plain.num_tool_turns == 2).any()
 
@@ -330,17 +334,8 @@ def test_shared_histories_split_into_the_same_rollouts(model, tokenizer, monkeyp
             decoded_rows[share] = sum(rows for rows, width in fed if width == 1)
     finally:
         handle.remove()
-    apart, shared = runs[False], runs[True]
-    assert torch.equal(shared.input_ids, apart.input_ids) and torch.equal(shared.context_ends, apart.context_ends)
-    assert shared.end_reason == apart.end_reason
-    torch.testing.assert_close(shared.old_logprobs, apart.old_logprobs, rtol=0, atol=1e-5)
-    torch.testing.assert_close(shared.probe_logprob_mean, apart.probe_logprob_mean, rtol=0, atol=1e-5,
-                               equal_nan=True)
-    assert torch.equal(shared.kv_prefix.lengths, apart.kv_prefix.lengths)
-    real = torch.arange(apart.kv_prefix.keys[0].shape[2])[None, :] < apart.kv_prefix.lengths[:, None]  # [B, C]
-    for mine, theirs in zip(shared.kv_prefix.keys + shared.kv_prefix.values,
-                            apart.kv_prefix.keys + apart.kv_prefix.values):
-        torch.testing.assert_close(mine.transpose(1, 2)[real], theirs.transpose(1, 2)[real], rtol=0, atol=1e-5)
+    apart = runs[False]
+    assert_same_rollouts(runs[True], apart)
     # what makes the sharing matter: a prompt's rollouts that part ways, and fewer rows decoded
     per_prompt = apart.input_ids.view(len(EXAMPLES), 4, -1)
     assert any(len({tuple(row.tolist()) for row in group}) > 1 for group in per_prompt)
