@@ -18,8 +18,8 @@
 # - where each piece of the algorithm is explained (notebooks 01 → 08).
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
-# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting about 1.5 minutes (the
-# same 40-step run with its two evaluations, through `a2tgpo-lab train`, took 93 s of CPU), smoke setting 15 s.*
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting about 1.2 minutes (the
+# same 40-step run with its two evaluations, through `a2tgpo-lab train`, took 69 s of CPU), smoke setting 15 s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one

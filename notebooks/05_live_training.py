@@ -18,8 +18,8 @@
 # - callbacks (here: one that pauses the run at a given step), and where the logs and checkpoints go.
 #
 # *Run time on a 2-core CPU without a GPU, measured as the CPU time of the notebook's kernel on one thread
-# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting about 1.5 minutes
-# (estimated: 40 steps at 1.6 s of CPU each, four 200-question evaluations, checkpoints), smoke setting 14 s.*
+# (about the wall time on an idle machine; how: `notebooks/README.md`): default setting about 1 minute
+# (estimated: 40 steps at 1.2 s of CPU each, four 200-question evaluations, checkpoints), smoke setting 14 s.*
 
 # %% tags=["parameters"]
 SMOKE = False  # True: a tiny, fast setting (CI runs every notebook so); False: the real one
