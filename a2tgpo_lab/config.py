@@ -224,9 +224,9 @@ class A2TGPOConfig:
     share_identical_histories: while sampling, rollouts whose histories are token for token the same
         share one row of the KV cache, fed once, until they draw different tokens (default True). A
         prompt's G rollouts start as one row; at the quickstart's step 0 the 437 sampled tokens extend
-        only 141 distinct histories. False = one row per
-        rollout while decoding; either way an observation (and its probe) is fed once per distinct
-        history, which keeps a turn group of identical searches at exactly zero IG spread.
+        only 141 distinct histories. False = one row per rollout while decoding; either way an
+        observation (and its probe) is fed once per distinct history, which keeps a turn group of
+        identical searches at exactly zero IG spread.
     park_finished_rows: while sampling a turn, the cache rows whose rollouts have finished it leave the
         decode batch once they are at least this fraction of its rows (default 0.3), and re-join it,
         their cache untouched, when the turn's observations are fed; a decode step then computes only

@@ -151,7 +151,7 @@ class _CachedBatch:
         """Empty the cache, then feed rollout i its (non-empty) ``chunks[i]``, identical chunks (with
         identical probes) once; return the next-token logits and, given ``probes``, the probe scores
         of each cache row (:meth:`feed`)."""
-        keys = {i: (tuple(chunk), probes[i].tokens if probes else ()) for i, chunk in chunks.items()}
+        keys = {i: (tuple(chunk), probes[i] if probes else None) for i, chunk in chunks.items()}
         distinct: dict = {}
         for i, key in keys.items():
             distinct.setdefault(key, []).append(i)
