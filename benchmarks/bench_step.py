@@ -23,7 +23,8 @@ the longest rollout, every rollout encoding its own prompt, no length buckets, e
 until its turn's longest row ends, each rollout decoding in its own cache row, identical rollouts each
 forwarded); each ``− knob`` row turns one optimization off. (Exact changes without a knob are on in every
 row, the baseline included: identical prompts encoded once when sampling starts, each observation fed
-once per distinct history, the cache growing in place.)
+once per distinct history, the cache growing in place.) ``− probe reuses cache`` does the all-on work:
+that knob acts only when the probe runs after the rollout, as it does in ``all off``.
 Configurations run alternately, repeat after repeat, so a change of machine load hits all of them
 alike; the table shows medians.
 
